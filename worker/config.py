@@ -1,0 +1,109 @@
+"""One settings object for the worker: defaults < config file (TOML) < env vars < CLI flags.
+
+Env vars are ``STREAMREC_<FIELD>`` (e.g. ``STREAMREC_KAFKA_BOOTSTRAP``); the file is given by
+``--config FILE`` or ``STREAMREC_CONFIG`` and holds the same field names at top level.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """Bad configuration: the message says which setting and what to do."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="forbid", validate_default=True)
+
+    # where things are
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for user history and the embedding cache")
+    model_dir: Path = Field(Path("models/default"), description="model directory written by `streamrec train`")
+    input_topic: str = "user-events"
+    output_topic: str = "recommendations"
+    dlq_topic: str = "user-events.dlq"
+    group_id: str = "streamrec"
+    group_instance_id: str | None = Field(None, description="static membership id (rolling restarts without rebalance)")
+    create_topics: bool = Field(True, description="create missing topics at start")
+    input_partitions: int = Field(6, ge=1, description="partitions when the worker creates the input topic")
+    redis_prefix: str = "streamrec"
+
+    # delivery and batching
+    delivery: Literal["at_least_once"] = "at_least_once"
+    max_batch_events: int = Field(512, ge=1, le=100_000)
+    max_wait_ms: int = Field(20, ge=0, le=60_000)
+    queue_max_events: int = Field(8192, ge=1, description="buffered events before partitions are paused")
+    max_event_bytes: int = Field(64 * 1024, ge=64)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    session_timeout_ms: int = Field(30_000, ge=6_000)
+    retry_backoff_max_s: float = Field(5.0, gt=0)
+
+    # model
+    top_k: int = Field(10, ge=1, le=1000)
+    exclude_recent: int = Field(50, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(0, ge=0, description="0 = torch default")
+    encoder_backend: Literal["auto", "torch"] = "auto"
+    generator_backend: Literal["auto", "retrieval"] = "auto"
+    embedding_ttl_s: float = Field(900.0, gt=0, description="TTL of cached user embeddings")
+
+    # operations
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9100, ge=0, le=65535, description="0 disables /metrics, /healthz, /readyz")
+    shutdown_timeout_s: float = Field(25.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: str) -> str:
+        for part in v.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {v!r}")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected redis://host:port/db, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _topics_distinct(self) -> "Settings":
+        if len({self.input_topic, self.output_topic, self.dlq_topic}) != 3:
+            raise ValueError("input_topic, output_topic and dlq_topic must be three different topics")
+        return self
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; raise :class:`ConfigError` with a readable message on any problem."""
+    file_values: dict[str, Any] = {}
+    path = config_file or (Path(os.environ["STREAMREC_CONFIG"]) if os.environ.get("STREAMREC_CONFIG") else None)
+    if path is not None:
+        try:
+            file_values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    env_fields = {n for n in Settings.model_fields if f"STREAMREC_{n.upper()}" in os.environ}
+    values = {k: v for k, v in file_values.items() if k not in env_fields}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors(include_url=False):
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = f" (env STREAMREC_{name.upper()})" if name in Settings.model_fields else ""
+            lines.append(f"  {name}{env}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,274 @@
+"""The worker service: fetch loop -> micro-batcher -> processing loop -> publish -> commit.
+
+Delivery (at-least-once), exactly when offsets are committed, and what happens on rebalance and
+shutdown are written down in docs/delivery.md; this module is that document in code:
+
+* The fetch loop polls Kafka (``getmany``) and fills a bounded :class:`RecordBuffer`. When the buffer
+  is full it pauses every assigned partition but keeps polling, so the consumer keeps its group
+  membership while the model or Redis is slow.
+* The processing loop takes micro-batches and, under the batch lock: processes (decode, Redis state,
+  model on its own thread), publishes outputs and dead letters, waits for every broker ack, and only
+  then commits the batch's offsets per partition. A transient failure (Redis, Kafka) retries the
+  same batch with backoff; the worker reports not-ready meanwhile. History updates are idempotent,
+  so a retry or a redelivery changes nothing twice.
+* On revocation the rebalance listener takes the batch lock (so the in-flight batch finishes and
+  commits, or is abandoned uncommitted if it is stuck retrying), drops buffered records of revoked
+  partitions and bumps the fetch generation, so a fetch that spanned the rebalance is discarded.
+  Nothing uncommitted is lost: the partition's next owner starts from the committed offset.
+* SIGTERM/SIGINT: stop fetching, finish the current batch, publish, commit, leave the group, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from opentelemetry.trace import SpanKind
+from redis.exceptions import RedisError
+
+from pipeline.embedding_cache import EmbeddingCache
+from pipeline.history_store import HistoryStore
+from worker import metrics as m
+from worker.batcher import RecordBuffer
+from worker.config import Settings
+from worker.engine import ModelEngine
+from worker.kafka_io import ConsumerRebalanceListener, make_consumer, make_producer
+from worker.processor import BatchOutcome, BatchProcessor
+from worker.telemetry import links_from_headers, tracer
+
+log = logging.getLogger("streamrec.worker")
+
+TRANSIENT = (RedisError, KafkaError, OSError, asyncio.TimeoutError)
+
+
+@dataclass
+class _Fetched:
+    generation: int
+    record: object
+
+    # the buffer drops by (topic, partition)
+    @property
+    def topic(self) -> str:
+        return self.record.topic
+
+    @property
+    def partition(self) -> int:
+        return self.record.partition
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, worker: "Worker"):
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked):
+        await self.worker._on_revoked({(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned):
+        m.REBALANCES.labels("assigned").inc()
+        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
+
+
+class Worker:
+    def __init__(self, settings: Settings, engine: ModelEngine, redis_client: aioredis.Redis, history_cap: int):
+        self.s = settings
+        self.engine = engine
+        self.redis = redis_client
+        self.processor = BatchProcessor(
+            store=HistoryStore(redis_client, cap=history_cap, prefix=settings.redis_prefix),
+            cache=EmbeddingCache(redis_client, ttl_s=settings.embedding_ttl_s, prefix=settings.redis_prefix),
+            engine=engine,
+            output_topic=settings.output_topic,
+            dlq_topic=settings.dlq_topic,
+            max_event_bytes=settings.max_event_bytes,
+        )
+        self.buffer = RecordBuffer(settings.queue_max_events)
+        self.consumer = make_consumer(settings)
+        self.producer = make_producer(settings)
+        self._batch_lock = asyncio.Lock()
+        self._generation = 0
+        self._revoking = False
+        self._stopping = asyncio.Event()
+        self._committed: dict[tuple[str, int], int] = {}
+        self.ready = False
+        self.alive = False
+        self.batches_done = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.producer.start()
+        try:
+            self.consumer.subscribe([self.s.input_topic], listener=_Listener(self))
+            await self.consumer.start()
+        except BaseException:
+            await self.producer.stop()
+            raise
+        m.BACKEND.labels("encoder", self.engine.encoder_name).set(1)
+        m.BACKEND.labels("generator", self.engine.generator_name).set(1)
+        m.MODEL_INFO.labels(self.engine.version).set(1)
+
+    def request_stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info("stop requested: finishing the current batch")
+            self._stopping.set()
+            self.buffer.close()
+
+    async def run(self) -> None:
+        """Run until :meth:`request_stop`; then finish the batch, commit, and close."""
+        self.alive = True
+        self.ready = True
+        m.READY.set(1)
+        fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
+        process = asyncio.create_task(self._process_loop(), name="process")
+        lag = asyncio.create_task(self._lag_loop(), name="lag")
+        try:
+            done, _ = await asyncio.wait({fetch, process}, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                if t.exception() is not None:
+                    raise t.exception()
+            await asyncio.gather(fetch, process)
+        finally:
+            self.alive = False
+            self.ready = False
+            m.READY.set(0)
+            for t in (fetch, process, lag):
+                t.cancel()
+            await asyncio.gather(fetch, process, lag, return_exceptions=True)
+            dropped = self.buffer.clear()
+            if dropped:
+                log.info("left uncommitted buffered events for redelivery", extra={"events": dropped})
+            await self.consumer.stop()
+            await self.producer.stop()
+            self.engine.close()
+            log.info("worker stopped", extra={"batches": self.batches_done})
+
+    # ---- fetch -----------------------------------------------------------------------------
+    async def _fetch_loop(self) -> None:
+        paused = False
+        while not self._stopping.is_set():
+            assignment = self.consumer.assignment()
+            if self.buffer.full and assignment:
+                self.consumer.pause(*assignment)
+                paused = True
+                m.PAUSED.set(1)
+            elif paused and self.buffer.drained:
+                self.consumer.resume(*assignment)
+                paused = False
+                m.PAUSED.set(0)
+            generation = self._generation
+            data = await self.consumer.getmany(timeout_ms=100, max_records=self.s.max_batch_events)
+            if generation != self._generation:
+                continue  # a rebalance happened during the fetch: these records will be redelivered
+            for tp, records in data.items():
+                m.EVENTS_IN.labels(tp.topic).inc(len(records))
+                self.buffer.put_many(_Fetched(generation, r) for r in records)
+            m.BUFFERED.set(len(self.buffer))
+
+    # ---- process ---------------------------------------------------------------------------
+    async def _process_loop(self) -> None:
+        while True:
+            batch = await self.buffer.next_batch(self.s.max_batch_events, self.s.max_wait_ms / 1000)
+            if not batch:
+                if self._stopping.is_set():
+                    return
+                continue
+            async with self._batch_lock:
+                records = [f.record for f in batch if f.generation == self._generation]
+                if records:
+                    await self._handle(records)
+            if self._stopping.is_set():
+                return
+
+    async def _handle(self, records: list) -> None:
+        attempt = 0
+        topic = self.s.input_topic
+        links = links_from_headers(r.headers for r in records)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                with tracer().start_as_current_span(f"process {topic}", kind=SpanKind.CONSUMER, links=links,
+                                                    attributes={"messaging.system": "kafka",
+                                                                "messaging.destination.name": topic,
+                                                                "messaging.batch.message_count": len(records)}):
+                    outcome = await self.processor.process(records)
+                    with tracer().start_as_current_span("publish"):
+                        await self._publish(outcome)
+                    with tracer().start_as_current_span("commit"):
+                        await self._commit(outcome)
+                break
+            except CommitFailedError as e:
+                log.warning("commit failed after a rebalance; the partitions' new owner reprocesses the batch",
+                            extra={"error": str(e)})
+                return
+            except TRANSIENT as e:
+                attempt += 1
+                self.ready = False
+                m.READY.set(0)
+                m.BATCH_RETRIES.labels(type(e).__name__).inc()
+                if self._revoking or (self._stopping.is_set() and attempt > 3):
+                    log.warning("abandoning a failed batch uncommitted (it will be redelivered)",
+                                extra={"error": repr(e), "events": len(records)})
+                    return
+                delay = min(self.s.retry_backoff_max_s, 0.1 * 2 ** attempt)
+                log.warning("batch failed, retrying", extra={"error": repr(e), "attempt": attempt, "delay_s": delay})
+                await asyncio.sleep(delay)
+        self.ready = True
+        m.READY.set(1)
+        self.batches_done += 1
+        m.BATCH_SIZE.observe(len(records))
+        m.STAGE_LATENCY.labels("batch").observe(time.perf_counter() - t0)
+
+    async def _publish(self, outcome: BatchOutcome) -> None:
+        futures = []
+        for rec in (*outcome.dead_letters, *outcome.outputs):
+            futures.append(await self.producer.send(rec.topic, value=rec.value, key=rec.key, headers=rec.headers))
+        if futures:
+            await asyncio.gather(*futures)
+        now = time.time()
+        for ts in outcome.newest_ts:
+            m.E2E_LATENCY.observe(max(0.0, now - ts / 1000))
+        m.RECS_OUT.inc(len(outcome.outputs))
+
+    async def _commit(self, outcome: BatchOutcome) -> None:
+        offsets = {TopicPartition(t, p): off for (t, p), off in outcome.commit.items()}
+        await self.consumer.commit(offsets)
+        self._committed.update(outcome.commit)
+
+    # ---- rebalance -------------------------------------------------------------------------
+    async def _on_revoked(self, revoked: set[tuple[str, int]]) -> None:
+        m.REBALANCES.labels("revoked").inc()
+        self._revoking = True
+        try:
+            async with self._batch_lock:
+                dropped = self.buffer.drop(revoked)
+                self._generation += 1
+                for tp in revoked:
+                    self._committed.pop(tp, None)
+        finally:
+            self._revoking = False
+        log.info("partitions revoked", extra={"partitions": sorted(f"{t}:{p}" for t, p in revoked),
+                                              "dropped_buffered": dropped})
+
+    # ---- lag -------------------------------------------------------------------------------
+    async def _lag_loop(self) -> None:
+        while True:
+            await asyncio.sleep(2)
+            for tp in self.consumer.assignment():
+                hw = self.consumer.highwater(tp)
+                if hw is None:
+                    continue
+                done = self._committed.get((tp.topic, tp.partition))
+                if done is None:
+                    continue
+                m.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, hw - done))
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    m.DEVICE_MEMORY.set(torch.cuda.memory_allocated())
+            except Exception:  # pragma: no cover - metrics must never kill the worker
+                pass
