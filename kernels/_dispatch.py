@@ -67,8 +67,6 @@ def in_export() -> bool:
     except Exception:  # pragma: no cover
         pass
     try:
-        import torch.compiler
-
         if torch.compiler.is_exporting():
             return True
     except Exception:  # pragma: no cover

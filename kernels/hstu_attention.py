@@ -137,6 +137,21 @@ def padded_index(offsets: torch.Tensor, N: int, T: int) -> torch.Tensor:
 if _HAVE_TRITON:
 
     @triton.jit
+    def _time_bucket_tl(dt, num_tb):
+        """bucket(dt) for an int64 tensor of second differences (same float32 steps as time_bucket)."""
+        x = tl.maximum(tl.abs(dt).to(tl.float32), 1.0)
+        b = tl.floor(tl.math.div_rn(tl.log(x), 0.301)).to(tl.int32)
+        return tl.minimum(tl.maximum(b, 0), num_tb - 1)
+
+    @triton.jit
+    def _time_bucket_kernel(DT, Out, n, num_tb, BLOCK: tl.constexpr):
+        # diagnostics only: the kernel's bucket function on a list of dt values
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < n
+        dt = tl.load(DT + offs, mask=m, other=0)
+        tl.store(Out + offs, _time_bucket_tl(dt, num_tb), mask=m)
+
+    @triton.jit
     def _hstu_attn_fwd(
         Q, K, V, Out, Offsets, TS, PosW, TimeW,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -197,10 +212,7 @@ if _HAVE_TRITON:
                 s += tl.load(PosW + pidx).to(tl.float32)
                 # log-bucketed time bias
                 ts_k = tl.load(TS + cols_c)
-                dt = tl.abs(ts_q[:, None] - ts_k[None, :]).to(tl.float32)
-                dt = tl.maximum(dt, 1.0)
-                bkt = tl.floor(tl.math.div_rn(tl.log(dt), 0.301)).to(tl.int32)
-                bkt = tl.minimum(tl.maximum(bkt, 0), num_tb - 1)
+                bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], num_tb)
                 s += tl.load(TimeW + bkt).to(tl.float32)
                 a = s * tl.sigmoid(s) * inv_n
                 a = tl.where(vis, a, 0.0)
@@ -213,6 +225,16 @@ if _HAVE_TRITON:
 
         tl.store(Out + rows_c[:, None].to(tl.int64) * stride_ot + h * stride_oh + dv[None, :],
                  acc.to(Out.dtype.element_ty), mask=row_ok[:, None] & (dv[None, :] < V_DIM))
+
+
+def time_bucket_triton(dt: torch.Tensor, num_time_buckets: int) -> torch.Tensor:
+    """The Triton kernel's own bucket function (diagnostics: compare with :func:`time_bucket`)."""
+    dt = dt.to(torch.int64).contiguous()
+    out = torch.empty(dt.shape, dtype=torch.int32, device=dt.device)
+    n = dt.numel()
+    if n:
+        _time_bucket_kernel[(triton.cdiv(n, 1024),)](dt, out, n, num_time_buckets, BLOCK=1024)
+    return out.to(torch.int64)
 
 
 def default_config(T: int, H: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:

@@ -134,8 +134,6 @@ def available() -> tuple[bool, str]:
     major, minor = torch.cuda.get_device_capability()
     if major != 9:
         return False, f"the kernel is built for sm_90a (Hopper); this device is sm_{major}{minor}"
-    if _dispatch.in_export():
-        return False, "exporting"
     lib, why = _load()
     return (lib is not None), why
 
@@ -213,6 +211,8 @@ def silu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     ok, why = available()
     if ok:
         ok, why = _supported(x, weight, bias)
+    if ok and _dispatch.in_export():
+        ok, why = False, "exporting (ONNX / torch.export): the CUTLASS kernel does not export"
     if ok and _dispatch.needs_grad(x, weight, bias):
         ok, why = False, "autograd: the kernel is forward-only"
     if want == "cutlass" and not ok:

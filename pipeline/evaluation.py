@@ -89,13 +89,15 @@ def target_ranks(scores: Tensor, targets: Tensor, exclude: Sequence[Sequence[int
     scores: (B, N); targets: (B,) item indices; exclude: per row, item indices removed from
     the ranking (the target itself is never removed).
     """
-    scores = scores.detach().to(torch.float64).clone()
+    scores = scores.detach().to(torch.float64)
     B, N = scores.shape
-    targets = targets.to(torch.long).view(-1)
+    targets = targets.to(torch.long).view(-1, 1)
     if targets.shape[0] != B:
         raise ValueError(f"{targets.shape[0]} targets for {B} score rows")
+    t = scores.gather(1, targets)
     if exclude is not None:
-        rows, cols = [], []
+        rows: list[int] = []
+        cols: list[int] = []
         for b, idxs in enumerate(exclude):
             for i in idxs:
                 i = int(i)
@@ -103,16 +105,14 @@ def target_ranks(scores: Tensor, targets: Tensor, exclude: Sequence[Sequence[int
                     rows.append(b)
                     cols.append(i)
         if rows:
-            keep = scores[torch.arange(B), targets].clone()
+            scores = scores.clone()
             scores[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
-            scores[torch.arange(B), targets] = keep
-    t = scores[torch.arange(B), targets].unsqueeze(1)
-    others = torch.ones_like(scores, dtype=torch.bool)
-    others[torch.arange(B), targets] = False
-    eligible = others & torch.isfinite(scores)
-    higher = ((scores > t) & eligible).sum(1)
-    ties = ((scores == t) & eligible).sum(1)
-    return higher + ties
+            scores.scatter_(1, targets, t)  # the target is never excluded
+    higher = (scores > t).sum(1)
+    ties = (scores == t).sum(1) - 1  # other items with exactly the target's score
+    ranks = higher + ties.clamp(min=0)
+    # a NaN target score can never count as a hit
+    return torch.where(torch.isnan(t.view(-1)), torch.full_like(ranks, N), ranks)
 
 
 def hit_rate(ranks: Tensor, k: int) -> float:

@@ -61,7 +61,7 @@ class TrainConfig:
     num_time_buckets: int = 64
     dropout: float = 0.2
     # budget / stopping
-    max_minutes: float = 2.0
+    max_minutes: float = 1.5
     patience: int = 4
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
 
@@ -71,7 +71,7 @@ class TrainConfig:
         base = dict(
             data="synthetic",
             data_options={"num_items": 120, "num_users": 400, "num_clusters": 6, "min_len": 8, "max_len": 24},
-            epochs=12,
+            epochs=10,
             batch_size=64,
             lr=3e-3,
             num_negatives=64,

@@ -1,0 +1,51 @@
+# streamrec — the two commands a newcomer needs: `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
+MODEL_DIR ?= models/default
+PYTEST_ARGS ?=
+
+.PHONY: setup up down model demo test test-fast bench clean help
+
+help:
+	@echo "make demo   - services + default model + worker + sample traffic + live recommendations (Ctrl-C stops)"
+	@echo "make test   - the whole test suite against real Kafka and Redis (what CI runs)"
+	@echo "make setup  - create/refresh .venv (idempotent)"
+	@echo "make up / make down - start/stop the local Kafka broker and redis-server (infra/local)"
+	@echo "make model  - train the default model into $(MODEL_DIR) if it is missing"
+	@echo "make bench  - worker throughput/latency benchmark (bench/worker_bench.py)"
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (streamrec needs Python 3.11)"; exit 1; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,onnx]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+up:
+	infra/local/up
+
+down:
+	infra/local/down
+
+model: setup
+	@test -f $(MODEL_DIR)/manifest.json || $(BIN)/streamrec train --data synthetic --out $(MODEL_DIR)
+
+demo: setup model
+	examples/demo.sh
+
+test: setup up
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+bench: setup up model
+	$(BIN)/python bench/worker_bench.py --model-dir $(MODEL_DIR)
+
+clean:
+	rm -rf .pytest_cache .hypothesis build dist *.egg-info

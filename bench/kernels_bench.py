@@ -1,0 +1,571 @@
+"""Build, check and time every streamrec kernel against its PyTorch reference, in one run.
+
+    python bench/kernels_bench.py --out bench/results          # on a CUDA machine
+    (bench/run_gpu.sh wraps it for the lent GPU machine)
+
+Writes bench/results/kernels_<card>.json (+ .png plot) with the card's name on every
+number.  Sections: device ceilings, correctness, HSTU attention (config sweep + the
+issue's three targets vs the padded reference), norm_mul, retrieval top-k, the CUTLASS
+SiLU projection, and an encoder comparison (pipeline/hstu.py's eager HSTUEncoder vs the
+same weights run through the kernels).
+
+Timing: triton.testing.do_bench (CUDA events, median, eager launches: includes the
+Python launch cost when it exceeds the GPU time) and, where the op is graph-capturable,
+do_bench_cudagraph (launch gaps removed).  Ratios quoted in docs/perf.md say which.
+All inputs are random (never zeros); lengths are uniform in 1..N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import triton  # noqa: E402
+import triton.testing as tt  # noqa: E402
+
+from kernels import hstu_attention as ha  # noqa: E402
+from kernels import norm_mul as nm  # noqa: E402
+from kernels import retrieval_topk as rt  # noqa: E402
+from kernels import silu_linear as sl  # noqa: E402
+from kernels.testing import random_jagged_attention_inputs, rel_err  # noqa: E402
+
+RESULTS: dict = {"sections": {}}
+CARD = "cpu"
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def bench_ms(fn, graph=False, rep=120, warmup=30):
+    """Median ms. graph=True: CUDA-graph replay (no launch gaps)."""
+    fn()
+    torch.cuda.synchronize()
+    if graph:
+        try:
+            return float(tt.do_bench_cudagraph(fn, rep=rep, return_mode="median"))
+        except Exception as exc:  # capture failed (host sync inside)
+            log(f"   (graph capture failed: {type(exc).__name__}: {str(exc)[:120]})")
+            return None
+    return float(tt.do_bench(fn, warmup=warmup, rep=rep, return_mode="median"))
+
+
+def wall_ms(fn, reps=10):
+    """Median wall-clock ms per call with a device sync: what a caller waiting on the result sees."""
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def section(name):
+    def deco(f):
+        def run(*a, **kw):
+            log(f"\n=== {name} ===")
+            t0 = time.time()
+            try:
+                res = f(*a, **kw)
+            except Exception as exc:
+                traceback.print_exc()
+                res = {"error": f"{type(exc).__name__}: {exc}"}
+            torch.cuda.synchronize()
+            res = res if isinstance(res, dict) else {"result": res}
+            res["section_seconds"] = round(time.time() - t0, 1)
+            RESULTS["sections"][name] = res
+            return res
+        return run
+    return deco
+
+
+# ----------------------------------------------------------------------------- device
+@section("device")
+def sec_device():
+    p = torch.cuda.get_device_properties(0)
+    info = {"card": CARD, "sms": p.multi_processor_count, "mem_gib": round(p.total_memory / 2**30, 1),
+            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version()}
+    # ceilings: device copy bandwidth and a big bf16 GEMM
+    a = torch.randn(256 * 2**20 // 2, device="cuda", dtype=torch.bfloat16)  # 256 MiB
+    b = torch.empty_like(a)
+    ms = bench_ms(lambda: b.copy_(a))
+    info["copy_GBps"] = round(2 * a.numel() * 2 / ms / 1e6, 0)
+    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = bench_ms(lambda: x @ x, rep=60)
+    info["bf16_gemm_TFLOPs"] = round(2 * 8192**3 / ms / 1e9, 0)
+    del a, b, x
+    log(info)
+    return info
+
+
+# ----------------------------------------------------------------------------- attention
+def attn_inputs(B, N, H, d, dtype, seed, max_seq_len=None):
+    return random_jagged_attention_inputs(B, N, H, d, d, dtype=dtype, device="cuda", seed=seed,
+                                          max_seq_len=max_seq_len or N, scale=0.5)
+
+
+def ref64(a):
+    return ha.hstu_attention_reference(
+        a["q"].double(), a["k"].double(), a["v"].double(), a["offsets"], a["ts_s"],
+        a["pos_w"].double(), a["time_w"].double(), a["attn_n"], a["num_time_buckets"], a["max_seq_len"])
+
+
+@section("attention_correctness")
+def sec_attn_correct():
+    rows = []
+    dt = torch.arange(-(1 << 20), 1 << 24, device="cuda")
+    mism_gpu = int((ha.time_bucket_triton(dt, 64) != ha.time_bucket(dt, 64)).sum())
+    mism_cpu = int((ha.time_bucket_triton(dt, 64).cpu() != ha.time_bucket(dt.cpu(), 64)).sum())
+    log(f"time bucket mismatches over |dt| < 2^24: vs torch CUDA {mism_gpu}, vs torch CPU {mism_cpu}")
+    cases = [(16, 300, 2, 64), (5, 1024, 4, 64), (64, 64, 1, 32), (7, 200, 3, 128), (33, 129, 2, 16)]
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for (B, N, H, d) in cases:
+            a = attn_inputs(B, N, H, d, dtype, seed=B * 7 + d)
+            out = torch.full((a["q"].shape[0], H, d), float("nan"), device="cuda", dtype=dtype)
+            out.copy_(ha.hstu_attention_triton(**a))
+            err = rel_err(out, ref64(a))
+            tol = 1e-5 if dtype == torch.float32 else 1e-2
+            rows.append({"dtype": str(dtype).split(".")[-1], "B": B, "N": N, "H": H, "d": d,
+                         "rel_err": err, "ok": bool(err < tol)})
+            log(f"  {rows[-1]}")
+    return {"bucket_mismatch_vs_torch_cuda": mism_gpu, "bucket_mismatch_vs_torch_cpu": mism_cpu,
+            "cases": rows, "all_ok": all(r["ok"] for r in rows)}
+
+
+ATTN_TARGETS = [  # (B, N, H, d, target ratio vs the padded reference)
+    (64, 1024, 4, 64, 45.0),
+    (256, 256, 2, 64, 20.0),
+    (512, 128, 2, 64, 25.0),
+]
+SWEEP = [  # block_m, block_n, num_warps, num_stages
+    (64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (32, 32, 4, 2),
+    (64, 64, 4, 3), (128, 64, 4, 2), (64, 128, 8, 2), (32, 64, 4, 2), (128, 128, 8, 2),
+]
+
+
+@section("attention")
+def sec_attention(quick=False):
+    out = []
+    for (B, N, H, d, target) in ATTN_TARGETS:
+        a = attn_inputs(B, N, H, d, torch.bfloat16, seed=B + N)
+        T = a["q"].shape[0]
+        offs = a["offsets"]
+        pidx = ha.padded_index(offs, N, T)
+        fl = ha.flops(offs, H, d, d)
+        row = {"card": CARD, "B": B, "N": N, "H": H, "d": d, "T": T, "dtype": "bf16", "target": target,
+               "useful_GFLOP": round(fl / 1e9, 3)}
+        ref = ref64(a) if T * N < 40e6 else None
+        # config sweep (cudagraph timings)
+        sweep = []
+        for (bm, bn, nw, ns) in (SWEEP[:3] if quick else SWEEP):
+            fn = lambda bm=bm, bn=bn, nw=nw, ns=ns: ha.hstu_attention_triton(
+                **a, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)
+            try:
+                o = fn()
+                err = rel_err(o, ref) if ref is not None else None
+                ms = bench_ms(fn, graph=True)
+                sweep.append({"cfg": [bm, bn, nw, ns], "ms_graph": ms, "rel_err": err})
+                log(f"  B={B} N={N} cfg={bm},{bn},w{nw},s{ns}: {ms:.4f} ms  err={err}")
+            except Exception as exc:
+                sweep.append({"cfg": [bm, bn, nw, ns], "error": str(exc)[:200]})
+                log(f"  cfg {bm},{bn},{nw},{ns} failed: {str(exc)[:200]}")
+        good = [s for s in sweep if s.get("ms_graph") and (s["rel_err"] is None or s["rel_err"] < 1e-2)]
+        best = min(good, key=lambda s: s["ms_graph"])
+        row["sweep"] = sweep
+        row["best_cfg"] = best["cfg"]
+        bm, bn, nw, ns = best["cfg"]
+        kern = lambda: ha.hstu_attention_triton(**a, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)
+        kern_default = lambda: ha.hstu_attention_triton(**a)
+        pad_nb = lambda: ha.hstu_attention_padded(**a, padded_len=N, with_bias=False, pad_index=pidx)
+        pad_b = lambda: ha.hstu_attention_padded(**a, padded_len=N, with_bias=True, pad_index=pidx)
+        # correctness of the padded baselines too (they are what we compare with)
+        if ref is not None:
+            row["rel_err_triton_best"] = rel_err(kern(), ref)
+            row["rel_err_padded_bias"] = rel_err(pad_b(), ref)
+        row["triton_best_ms_graph"] = best["ms_graph"]
+        row["triton_best_ms_eager"] = bench_ms(kern)
+        row["triton_default_ms_graph"] = bench_ms(kern_default, graph=True)
+        row["triton_default_ms_eager"] = bench_ms(kern_default)
+        for name, fn in (("padded_nobias", pad_nb), ("padded_bias", pad_b)):
+            row[f"{name}_ms_eager"] = bench_ms(fn, rep=200)
+            row[f"{name}_ms_graph"] = bench_ms(fn, graph=True, rep=200)
+        # the model engineer's padded training path (pipeline/hstu.py), if present: host-syncing
+        ph = load_pipeline_hstu()
+        if ph is not None and hasattr(ph, "hstu_attention_padded"):
+            args9 = [a[n] for n in ("q", "k", "v", "offsets", "ts_s", "pos_w", "time_w", "attn_n",
+                                    "num_time_buckets")]
+            try:
+                row["pipeline_padded_ms_wall"] = wall_ms(lambda: ph.hstu_attention_padded(*args9))
+            except Exception as exc:
+                row["pipeline_padded_error"] = str(exc)[:200]
+        tb = row["triton_best_ms_graph"]
+        row["speedup_vs_padded_nobias_graph"] = row["padded_nobias_ms_graph"] / tb
+        row["speedup_vs_padded_bias_graph"] = row["padded_bias_ms_graph"] / tb
+        row["speedup_vs_padded_nobias_eager"] = row["padded_nobias_ms_eager"] / row["triton_best_ms_eager"]
+        row["speedup_vs_padded_bias_eager"] = row["padded_bias_ms_eager"] / row["triton_best_ms_eager"]
+        row["triton_TFLOPs"] = fl / tb / 1e9
+        log(f"  -> {B}x{N} H{H}: triton {tb*1e3:.1f} us (graph) / {row['triton_best_ms_eager']*1e3:.1f} us (eager); "
+            f"padded no-bias {row['padded_nobias_ms_graph']*1e3:.1f} us, with bias {row['padded_bias_ms_graph']*1e3:.1f} us; "
+            f"x{row['speedup_vs_padded_nobias_graph']:.1f} / x{row['speedup_vs_padded_bias_graph']:.1f} (target x{target})")
+        out.append(row)
+        del a
+        torch.cuda.empty_cache()
+    return {"targets": out}
+
+
+# ----------------------------------------------------------------------------- norm_mul
+@section("norm_mul")
+def sec_norm_mul():
+    rows = []
+    for T, D in ((51200, 128), (51200, 256), (262144, 128)):
+        x = torch.randn(T, D, device="cuda", dtype=torch.bfloat16)
+        u = torch.randn(T, D, device="cuda", dtype=torch.bfloat16)
+        err = rel_err(nm.norm_mul_triton(x, u), nm.norm_mul_reference(x.double(), u.double()))
+        tk = bench_ms(lambda: nm.norm_mul_triton(x, u), graph=True)
+        tr = bench_ms(lambda: nm.norm_mul_reference(x, u), graph=True)
+        gbps = 3 * T * D * 2 / tk / 1e6
+        rows.append({"card": CARD, "T": T, "D": D, "rel_err": err, "triton_ms_graph": tk, "ref_ms_graph": tr,
+                     "speedup": tr / tk, "triton_GBps": gbps,
+                     "triton_ms_eager": bench_ms(lambda: nm.norm_mul_triton(x, u)),
+                     "ref_ms_eager": bench_ms(lambda: nm.norm_mul_reference(x, u))})
+        log(f"  {rows[-1]}")
+    return {"rows": rows}
+
+
+# ----------------------------------------------------------------------------- retrieval
+@section("retrieval_topk")
+def sec_retrieval(quick=False):
+    rows = []
+    shapes = [(64, 100_000, 64, 100), (512, 1_000_000, 64, 100), (64, 1_000_000, 64, 100), (512, 100_000, 64, 50)]
+    for B, N, D, k in (shapes[:2] if quick else shapes):
+        u = F.normalize(torch.randn(B, D, device="cuda"), dim=-1).to(torch.bfloat16)
+        items = F.normalize(torch.randn(N, D, device="cuda"), dim=-1).to(torch.bfloat16)
+        s, i, stats = rt.retrieval_topk_triton(u, items, k, return_stats=True)
+        ref_s, ref_i = rt.retrieval_topk_reference(u.float(), items.float(), k)
+        recomputed = (u.float()[:, None, :] * items.float()[i]).sum(-1)
+        err = (recomputed - ref_s).abs().max().item()
+        overlap = float(torch.tensor([len(set(a) & set(b)) / k for a, b in zip(i.tolist(), ref_i.tolist())]).mean())
+        tk = bench_ms(lambda: rt.retrieval_topk_triton(u, items, k))
+        tr = bench_ms(lambda: rt.retrieval_topk_reference(u, items, k))
+        tr_g = bench_ms(lambda: rt.retrieval_topk_reference(u, items, k), graph=True)
+        rows.append({"card": CARD, "B": B, "N": N, "D": D, "k": k, "stats": stats, "max_score_err": err,
+                     "idx_overlap_vs_fp32_ref": overlap, "fused_ms_eager": tk, "ref_ms_eager": tr,
+                     "ref_ms_graph": tr_g, "speedup_eager": tr / tk})
+        log(f"  {rows[-1]}")
+        del items
+        torch.cuda.empty_cache()
+    return {"rows": rows}
+
+
+# ----------------------------------------------------------------------------- silu_linear
+@section("silu_linear")
+def sec_silu_linear(build_wait_s=240):
+    res = {}
+    ok, why = sl.available()
+    if not ok and os.environ.get("STREAMREC_SILU_LINEAR_LIB"):
+        # the carried prebuilt library did not load here: use (or wait for) the on-device build
+        res["prebuilt_error"] = why
+        log(f"  prebuilt library unusable ({why}); using the on-device build")
+        os.environ.pop("STREAMREC_SILU_LINEAR_LIB")
+        marker = Path(os.environ.get("STREAMREC_BUILD_DONE", "/nonexistent"))
+        t0 = time.time()
+        while not marker.exists() and time.time() - t0 < build_wait_s:
+            time.sleep(2)
+        sl._load.cache_clear()
+        sl.available.cache_clear()
+        ok, why = sl.available()
+    res["available"] = [ok, why]
+    log(f"  available: {ok} ({why})")
+    if not ok:
+        return res
+    rows = []
+    shapes = [(6400, 512, 256), (51200, 512, 256), (262144, 512, 256), (65536, 1024, 256), (51200, 1024, 512),
+              (256, 512, 256)]
+    for M, N, K in shapes:
+        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+        w = (torch.randn(N, K, device="cuda") / math.sqrt(K)).to(torch.bfloat16)
+        b = torch.randn(N, device="cuda", dtype=torch.bfloat16)
+        ref = sl.silu_linear_reference(x.float(), w.float(), b.float())
+        row = {"card": CARD, "M": M, "N": N, "K": K}
+        for var in (0, 1):
+            o = torch.full((M, N), float("nan"), device="cuda", dtype=torch.bfloat16)
+            sl.silu_linear_cutlass(x, w, b, variant=var, out=o)
+            row[f"v{var}_rel_err"] = rel_err(o, ref)
+            row[f"v{var}_ms_graph"] = bench_ms(lambda: sl.silu_linear_cutlass(x, w, b, variant=var), graph=True)
+            row[f"v{var}_ms_eager"] = bench_ms(lambda: sl.silu_linear_cutlass(x, w, b, variant=var))
+        row["torch_linear_silu_ms_graph"] = bench_ms(lambda: F.silu(F.linear(x, w, b)), graph=True)
+        row["torch_linear_silu_ms_eager"] = bench_ms(lambda: F.silu(F.linear(x, w, b)))
+        row["torch_matmul_only_ms_graph"] = bench_ms(lambda: torch.matmul(x, w.T), graph=True)
+        row["torch_sep_bias_silu_ms_graph"] = bench_ms(lambda: F.silu(torch.matmul(x, w.T) + b), graph=True)
+        best = min(row["v0_ms_graph"], row["v1_ms_graph"])
+        row["speedup_vs_linear_silu_graph"] = row["torch_linear_silu_ms_graph"] / best
+        row["speedup_vs_matmul_sep_graph"] = row["torch_sep_bias_silu_ms_graph"] / best
+        row["speedup_vs_linear_silu_eager"] = row["torch_linear_silu_ms_eager"] / min(row["v0_ms_eager"], row["v1_ms_eager"])
+        row["cutlass_TFLOPs"] = 2 * M * N * K / best / 1e9
+        rows.append(row)
+        log(f"  {row}")
+    # host cost per call: launch without waiting, many times
+    x = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(512, 256, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(512, device="cuda", dtype=torch.bfloat16)
+    for _ in range(10):
+        sl.silu_linear_cutlass(x, w, b)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(200):
+        sl.silu_linear_cutlass(x, w, b)
+    host_us = (time.perf_counter() - t0) / 200 * 1e6
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(200):
+        F.silu(F.linear(x, w, b))
+    host_torch_us = (time.perf_counter() - t0) / 200 * 1e6
+    torch.cuda.synchronize()
+    res.update(rows=rows, host_us_per_call_cutlass=host_us, host_us_per_call_torch=host_torch_us)
+    log(f"  host cost per call: cutlass {host_us:.1f} us, torch linear+silu {host_torch_us:.1f} us")
+    return res
+
+
+# ----------------------------------------------------------------------------- encoder
+_PH = "unset"
+
+
+def load_pipeline_hstu():
+    """pipeline/hstu.py loaded from its file (not via the pipeline package, whose other
+    modules need services this machine lacks)."""
+    global _PH
+    if _PH != "unset":
+        return _PH
+    path = ROOT / "pipeline" / "hstu.py"
+    _PH = None
+    if path.exists():
+        try:
+            spec = importlib.util.spec_from_file_location("_bench_pipeline_hstu", path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules["_bench_pipeline_hstu"] = mod
+            spec.loader.exec_module(mod)
+            _PH = mod
+        except Exception as exc:
+            log(f"  pipeline/hstu.py does not load: {exc!r}")
+    return _PH
+
+
+def fused_encode(model, item_idx, action_idx, ts_ms, offsets, use_cutlass=True):
+    """pipeline.hstu.HSTUEncoder.encode, with the layer body on the kernels:
+    LN -> silu_linear (CUTLASS) -> Triton attention on strided U/V/Q/K views -> norm_mul (Triton)
+    -> output linear + residual (cuBLAS)."""
+    cfg = model.cfg
+    H = cfg.num_heads
+    x = model.item_emb(item_idx) + model.action_emb(action_idx)
+    ts_s = torch.div(ts_ms, 1000, rounding_mode="floor")
+    T = x.shape[0]
+    for layer in model.layers:
+        xn = F.layer_norm(x, (cfg.dim,), layer.norm.weight, layer.norm.bias, layer.norm.eps)
+        if use_cutlass:
+            h = sl.silu_linear(xn, layer.uvqk.weight, layer.uvqk.bias)
+        else:
+            h = F.silu(F.linear(xn, layer.uvqk.weight, layer.uvqk.bias))
+        u, v, q, k = torch.split(h, [H * cfg.v_dim, H * cfg.v_dim, H * cfg.qk_dim, H * cfg.qk_dim], dim=-1)
+        av = ha.hstu_attention(q.reshape(T, H, cfg.qk_dim), k.reshape(T, H, cfg.qk_dim),
+                               v.reshape(T, H, cfg.v_dim), offsets, ts_s, layer.pos_w, layer.time_w,
+                               cfg.attn_n, cfg.num_time_buckets, cfg.max_seq_len)
+        y = nm.norm_mul(av.reshape(T, H * cfg.v_dim), u)
+        x = x + F.linear(y, layer.out.weight, layer.out.bias)            # x + W_o y + b_o
+    return model.final_norm(x)
+
+
+@section("encoder")
+def sec_encoder(quick=False):
+    ph = load_pipeline_hstu()
+    if ph is None or not hasattr(ph, "HSTUEncoder"):
+        return {"skipped": "pipeline/hstu.py with HSTUEncoder not present"}
+    rows = []
+    for B, S in ((64, 200), (512, 200), (64, 1024), (512, 1024)):
+        cfg = ph.HSTUConfig(num_items=100_000, dim=256, num_layers=2, num_heads=2, qk_dim=64, v_dim=64,
+                            max_seq_len=S, attn_n=S, num_time_buckets=64)
+        torch.manual_seed(B + S)
+        model = ph.HSTUEncoder(cfg).cuda().eval()
+        with torch.no_grad():
+            for layer in model.layers:   # non-trivial biases (the init zeroes them)
+                layer.pos_w.normal_(0, 0.3)
+                layer.time_w.normal_(0, 0.3)
+                layer.uvqk.bias.normal_(0, 0.1)
+        model = model.to(torch.bfloat16)
+        g = torch.Generator().manual_seed(S)
+        lengths = torch.randint(1, S + 1, (B,), generator=g)
+        offsets = torch.zeros(B + 1, dtype=torch.int64)
+        offsets[1:] = lengths.cumsum(0)
+        T = int(offsets[-1])
+        item_idx = torch.randint(0, cfg.num_items, (T,), generator=g).cuda()
+        action_idx = torch.randint(0, cfg.num_actions, (T,), generator=g).cuda()
+        ts_ms = (1_700_000_000_000 + torch.cumsum(torch.randint(0, 10**8, (T,), generator=g), 0)).cuda()
+        offsets = offsets.cuda()
+        row = {"card": CARD, "B": B, "seq": S, "T": T, "dim": 256, "layers": 2, "H": 2, "d": 64, "dtype": "bf16"}
+        with torch.inference_mode():
+            model.set_attention(ph.hstu_attention_padded)
+            eager_pad = lambda: model.encode(item_idx, action_idx, ts_ms, offsets)
+            ref_out = eager_pad().float()
+            fused = lambda: fused_encode(model, item_idx, action_idx, ts_ms, offsets, use_cutlass=True)
+            fused_nc = lambda: fused_encode(model, item_idx, action_idx, ts_ms, offsets, use_cutlass=False)
+            out = fused().float()
+            row["rel_err_fused_vs_eager_padded"] = rel_err(out, ref_out)
+            row["eager_padded_ms_wall"] = wall_ms(eager_pad)
+            row["fused_ms_wall"] = wall_ms(fused)
+            row["fused_torchproj_ms_wall"] = wall_ms(fused_nc)
+            row["fused_ms_graph"] = bench_ms(fused, graph=True)
+            row["speedup_vs_eager_padded_wall"] = row["eager_padded_ms_wall"] / row["fused_ms_wall"]
+            row["speedup_vs_eager_padded_graph_fused"] = row["eager_padded_ms_wall"] / row["fused_ms_graph"]
+            if not quick and B * S <= 512 * 200:
+                model.set_attention(ph.hstu_attention_reference)
+                eager_loop = lambda: model.encode(item_idx, action_idx, ts_ms, offsets)
+                row["eager_jagged_loop_ms_wall"] = wall_ms(eager_loop, reps=3)
+                row["speedup_vs_eager_jagged_loop_wall"] = row["eager_jagged_loop_ms_wall"] / row["fused_ms_wall"]
+        rows.append(row)
+        log(f"  {row}")
+        del model
+        torch.cuda.empty_cache()
+    return {"rows": rows,
+            "note": "eager = pipeline.hstu.HSTUEncoder.encode (bf16) with its padded attention "
+                    "(hstu_attention_padded, host-syncing) and, where timed, its jagged loop reference; "
+                    "fused = same weights through kernels.*"}
+
+
+# ----------------------------------------------------------------------------- plot
+def plot(path_png):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as exc:
+        log(f"no matplotlib: {exc}")
+        return
+    labels, vals = [], []
+    for r in RESULTS["sections"].get("attention", {}).get("targets", []):
+        labels.append(f"attn B{r['B']} N{r['N']} H{r['H']}\nvs padded (no bias)")
+        vals.append(r["speedup_vs_padded_nobias_graph"])
+        labels.append(f"attn B{r['B']} N{r['N']} H{r['H']}\nvs padded+bias")
+        vals.append(r["speedup_vs_padded_bias_graph"])
+    for r in RESULTS["sections"].get("norm_mul", {}).get("rows", []):
+        labels.append(f"norm_mul T{r['T']} D{r['D']}")
+        vals.append(r["speedup"])
+    for r in RESULTS["sections"].get("retrieval_topk", {}).get("rows", []):
+        labels.append(f"topk B{r['B']} N{r['N']//1000}k")
+        vals.append(r["speedup_eager"])
+    for r in RESULTS["sections"].get("silu_linear", {}).get("rows", []) or []:
+        labels.append(f"silu_linear {r['M']}x{r['N']}x{r['K']}")
+        vals.append(r["speedup_vs_linear_silu_graph"])
+    for r in RESULTS["sections"].get("encoder", {}).get("rows", []) or []:
+        labels.append(f"encoder B{r['B']} S{r['seq']}\nvs eager padded")
+        vals.append(r["speedup_vs_eager_padded_wall"])
+    if not vals:
+        return
+    fig, ax = plt.subplots(figsize=(10, 0.38 * len(vals) + 1.5))
+    ax.barh(range(len(vals)), vals, color="tab:blue")
+    ax.set_yticks(range(len(vals)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="k", lw=0.8)
+    for i, v in enumerate(vals):
+        ax.text(v, i, f" {v:.1f}x", va="center", fontsize=7)
+    ax.set_xlabel("speed-up over the PyTorch reference (log scale)")
+    ax.set_title(f"streamrec kernels, bf16, {CARD}")
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=110)
+    log(f"wrote {path_png}")
+
+
+def main():
+    global CARD
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="", help="comma list of sections")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to time (the interpreter tests cover correctness on CPU)")
+        return 0
+    CARD = torch.cuda.get_device_name(0)
+    RESULTS["card"] = CARD
+    RESULTS["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    RESULTS["command"] = " ".join([sys.executable] + sys.argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    only = set(filter(None, args.only.split(",")))
+    secs = [("device", sec_device), ("attention_correctness", sec_attn_correct),
+            ("attention", lambda: sec_attention(args.quick)), ("norm_mul", sec_norm_mul),
+            ("retrieval_topk", lambda: sec_retrieval(args.quick)), ("silu_linear", sec_silu_linear),
+            ("encoder", lambda: sec_encoder(args.quick))]
+    slug = "".join(c if c.isalnum() else "_" for c in CARD).strip("_")
+    for name, fn in secs:
+        if only and name not in only:
+            continue
+        fn()
+        (out / f"kernels_{slug}.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+    plot(out / f"kernels_{slug}.png")
+    summary(out / f"kernels_{slug}_summary.txt")
+    return 0
+
+
+def summary(path):
+    L = [f"card: {CARD}"]
+    s = RESULTS["sections"]
+    d = s.get("device", {})
+    L.append(f"ceilings: copy {d.get('copy_GBps')} GB/s, bf16 GEMM {d.get('bf16_gemm_TFLOPs')} TFLOP/s")
+    c = s.get("attention_correctness", {})
+    L.append(f"attention correctness all_ok={c.get('all_ok')} bucket mismatches cuda={c.get('bucket_mismatch_vs_torch_cuda')} "
+             f"cpu={c.get('bucket_mismatch_vs_torch_cpu')}")
+    for r in s.get("attention", {}).get("targets", []):
+        L.append(f"attn B={r['B']} N={r['N']} H={r['H']} d={r['d']}: triton {r['triton_best_ms_graph']*1e3:.1f}us graph "
+                 f"(cfg {r['best_cfg']}), {r['triton_best_ms_eager']*1e3:.1f}us eager; padded nobias "
+                 f"{r['padded_nobias_ms_graph']*1e3:.0f}us graph -> x{r['speedup_vs_padded_nobias_graph']:.1f}; "
+                 f"padded+bias {r['padded_bias_ms_graph']*1e3:.0f}us -> x{r['speedup_vs_padded_bias_graph']:.1f}; "
+                 f"eager ratios x{r['speedup_vs_padded_nobias_eager']:.1f}/x{r['speedup_vs_padded_bias_eager']:.1f} "
+                 f"(target x{r['target']})")
+    for r in s.get("norm_mul", {}).get("rows", []):
+        L.append(f"norm_mul T={r['T']} D={r['D']}: x{r['speedup']:.2f} ({r['triton_ms_graph']*1e3:.1f}us, "
+                 f"{r['triton_GBps']:.0f} GB/s) err {r['rel_err']:.1e}")
+    for r in s.get("retrieval_topk", {}).get("rows", []):
+        L.append(f"topk B={r['B']} N={r['N']} k={r['k']}: fused {r['fused_ms_eager']:.3f}ms ref {r['ref_ms_eager']:.3f}ms "
+                 f"x{r['speedup_eager']:.1f} overlap {r['idx_overlap_vs_fp32_ref']:.3f} {r['stats']}")
+    sll = s.get("silu_linear", {})
+    L.append(f"silu_linear available={sll.get('available')} host us/call cutlass={sll.get('host_us_per_call_cutlass')} "
+             f"torch={sll.get('host_us_per_call_torch')}")
+    for r in sll.get("rows", []) or []:
+        L.append(f"  {r['M']}x{r['N']}x{r['K']}: v0 {r['v0_ms_graph']*1e3:.1f}us v1 {r['v1_ms_graph']*1e3:.1f}us "
+                 f"torch linear+silu {r['torch_linear_silu_ms_graph']*1e3:.1f}us -> x{r['speedup_vs_linear_silu_graph']:.2f} "
+                 f"(vs matmul+bias+silu x{r['speedup_vs_matmul_sep_graph']:.2f}); err {r['v0_rel_err']:.1e}")
+    for r in s.get("encoder", {}).get("rows", []) or []:
+        L.append(f"encoder B={r['B']} S={r['seq']} T={r['T']}: eager padded {r['eager_padded_ms_wall']:.2f}ms, "
+                 f"fused {r['fused_ms_wall']:.2f}ms wall / {r['fused_ms_graph']:.2f}ms graph -> "
+                 f"x{r['speedup_vs_eager_padded_wall']:.1f}; loop-ref {r.get('eager_jagged_loop_ms_wall')}; "
+                 f"err {r['rel_err_fused_vs_eager_padded']:.1e}")
+    for k, v in s.items():
+        if "error" in v:
+            L.append(f"SECTION {k} ERROR: {v['error'][:300]}")
+    txt = "\n".join(L)
+    Path(path).write_text(txt + "\n")
+    log("\n" + txt)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
