@@ -89,6 +89,18 @@ class TrainConfig:
         base.update(overrides)
         return cls(**base)
 
+    @classmethod
+    def for_data(cls, data: str, **overrides: Any) -> "TrainConfig":
+        """Defaults tuned per dataset (2-core CPU budgets); ``overrides`` win."""
+        base: dict[str, Any] = {"data": data}
+        if data == "ml-100k":
+            # long histories (mean 106 ratings): windows of 50 keep the (L x L) attention cheap on a CPU
+            base.update(
+                max_seq_len=50, batch_size=64, lr=1e-3, epochs=200, max_minutes=5.0, patience=10, dropout=0.2,
+            )
+        base.update(overrides)
+        return cls(**base)
+
     def model_config(self, num_items: int) -> HSTUConfig:
         return HSTUConfig(
             num_items=num_items,
@@ -125,8 +137,27 @@ def _to_arrays(seq: list[HistoryEvent], item_index: dict[str, int], oov: int) ->
     )
 
 
+def _windows(arrays, max_seq_len: int) -> list:
+    """Split a sequence longer than ``max_seq_len + 1`` into windows that overlap by one event.
+
+    Every event after the first is a prediction target exactly once; the most recent window
+    is the one that ends at the last event (what the model sees at serving time).
+    """
+    it, ac, t = arrays
+    n, w = len(it), max_seq_len + 1
+    if n <= w:
+        return [arrays]
+    out = []
+    end = n
+    while end > 1:
+        start = max(0, end - w)
+        out.append((it[start:end], ac[start:end], t[start:end]))
+        end = start + 1
+    return out[::-1]
+
+
 def _batch(seqs, rng: np.random.Generator, max_seq_len: int):
-    """Jagged (input, target) batch; sequences longer than max_seq_len+1 get a random window."""
+    """Jagged (input, target) batch; a sequence longer than max_seq_len+1 gets a random window."""
     items, actions, ts, targets, offsets = [], [], [], [], [0]
     for it, ac, t in seqs:
         n = len(it)
@@ -163,7 +194,9 @@ def train_encoder(cfg: TrainConfig, progress: bool = True, dataset: SequenceData
     item_index = ds.item_index()
     mcfg = cfg.model_config(len(ds.items))
     oov = mcfg.num_items
-    train_seqs = [_to_arrays(s, item_index, oov) for s in split.train if len(s) >= 2]
+    train_seqs = [
+        w for s in split.train if len(s) >= 2 for w in _windows(_to_arrays(s, item_index, oov), mcfg.max_seq_len)
+    ]
     if not train_seqs:
         raise ValueError("no training sequences with at least 2 events")
 

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(25.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    chaos_fail_users: str = Field(
+        "", description="fault drills: comma-separated user ids for which the model stage raises; their events "
+                        "must land in the DLQ with stage=model while the rest of the batch is published")
+
+    @property
+    def chaos_fail_user_set(self) -> frozenset[str]:
+        return frozenset(u for u in (p.strip() for p in self.chaos_fail_users.split(",")) if u)
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -37,8 +37,9 @@ def pick_device(device: str) -> str:
 
 class ModelEngine:
     def __init__(self, bundle: ModelBundle, top_k: int, exclude_recent: int, device: str = "auto",
-                 torch_threads: int = 0):
+                 torch_threads: int = 0, chaos_fail_users: frozenset[str] = frozenset()):
         self.device = pick_device(device)
+        self.chaos_fail_users = chaos_fail_users
         self.bundle = bundle
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
         if torch_threads:
@@ -62,9 +63,15 @@ class ModelEngine:
     def generator_name(self) -> str:
         return self.recommender.generator_name
 
+    def _model(self, requests: Sequence[UserRequest]):
+        for r in requests:
+            if r.user_id in self.chaos_fail_users:
+                raise RuntimeError(f"chaos: injected model failure for user {r.user_id!r}")
+        return self.recommender.recommend(requests)
+
     def _run(self, requests: Sequence[UserRequest]) -> EngineResult:
         try:
-            recs = self.recommender.recommend(requests)
+            recs = self._model(requests)
             return EngineResult({r.user_id: r for r in recs}, {})
         except Exception as batch_error:  # isolate the failing user(s)
             if len(requests) == 1:
@@ -74,7 +81,7 @@ class ModelEngine:
         bad: dict[str, str] = {}
         for req in requests:
             try:
-                good[req.user_id] = self.recommender.recommend([req])[0]
+                good[req.user_id] = self._model([req])[0]
             except Exception as e:
                 bad[req.user_id] = f"{type(e).__name__}: {e}"
         return EngineResult(good, bad)

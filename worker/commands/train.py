@@ -44,12 +44,13 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         out: Path = typer.Option(..., "--out", "-o", help="directory to write the model to (created; an existing model there is replaced)"),
         data: str = typer.Option("synthetic", "--data", help="dataset: synthetic | ml-100k"),
-        seed: int = typer.Option(0, "--seed", help="seed for data sampling, initialisation and batching"),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="maximum epochs (default: 30; --quick: 10)"),
+        seed: int = typer.Option(0, "--seed", help="seed for initialisation, batching and negative sampling"),
+        data_seed: int = typer.Option(0, "--data-seed", help="seed of the synthetic world (keep 0 to match `streamrec produce`'s default traffic)"),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="maximum epochs (default: synthetic 30, ml-100k 200, --quick 10)"),
         quick: bool = typer.Option(False, "--quick", help="tiny model and data (synthetic only): a smoke run in seconds"),
-        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="wall-clock budget for the training loop in minutes (default 1.5; ml-100k 5)"),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="sequences per mini-batch (default 128)"),
-        lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default 2e-3)"),
+        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="wall-clock budget for the training loop in minutes (default: synthetic 1.5, ml-100k 5)"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="sequences per mini-batch (default: synthetic 128, ml-100k 64)"),
+        lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default: synthetic 2e-3, ml-100k 1e-3)"),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
     ) -> None:
@@ -64,19 +65,19 @@ def register(app: typer.Typer) -> None:
             fail(f"unknown --data {data!r}; choose synthetic or ml-100k")
         if quick and data != "synthetic":
             fail("--quick is for --data synthetic only")
-        overrides: dict = {"seed": seed, "data": data}
-        if data == "ml-100k":
-            overrides.update(max_minutes=5.0)
+        overrides: dict = {"seed": seed}
         for k, v in (("epochs", epochs), ("max_minutes", max_minutes), ("batch_size", batch_size), ("lr", lr), ("threads", threads)):
             if v is not None:
-                if k != "threads" and v <= 0:
+                if v <= 0:
                     fail(f"--{k.replace('_', '-')} must be positive, got {v}")
                 overrides[k] = v
-        cfg = TrainConfig.quick(**overrides) if quick else TrainConfig(**overrides)
-        if data == "synthetic" and not quick:
-            cfg.data_options = {"seed": seed}
-        elif quick:
-            cfg.data_options = {**cfg.data_options, "seed": seed}
+        if quick:
+            cfg = TrainConfig.quick(**overrides)
+            cfg.data_options = {**cfg.data_options, "seed": data_seed}
+        else:
+            cfg = TrainConfig.for_data(data, **overrides)
+            if data == "synthetic":
+                cfg.data_options = {"seed": data_seed}
         try:
             metrics = train(cfg, out, progress=progress)
         except DatasetUnavailable as e:
