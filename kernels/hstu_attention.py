@@ -29,6 +29,8 @@ Implementations
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -134,47 +136,93 @@ def padded_index(offsets: torch.Tensor, N: int, T: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- Triton
+def bucket_thresholds(num_time_buckets: int, device) -> torch.Tensor:
+    """thr[b] = the smallest float32 x with floor(log(x) / 0.301) >= b, by the reference's own
+    float32 arithmetic on ``device`` (thr[0] = 0, thr[num_time_buckets] = +inf).
+
+    The kernel takes a fast approximate log2 and then corrects its bucket by comparing
+    with these thresholds, so its buckets equal :func:`time_bucket` on that device exactly.
+    """
+    key = (num_time_buckets, str(device))
+    hit = _THR_CACHE.get(key)
+    if hit is not None:
+        return hit
+    nb = num_time_buckets
+    want = torch.arange(1, nb, device=device, dtype=torch.int64)            # buckets 1..nb-1
+    lo = torch.full((nb - 1,), 0x3F800000, dtype=torch.int64, device=device)   # bits of 1.0f
+    hi = torch.full((nb - 1,), 0x7F7FFFFF, dtype=torch.int64, device=device)   # max finite
+    for _ in range(32):                       # bisection over the (monotone) float32 bit patterns
+        mid = (lo + hi) // 2
+        x = mid.to(torch.int32).view(torch.float32)
+        ok = torch.floor(torch.log(x) / TIME_BUCKET_DIV).to(torch.int64) >= want
+        hi = torch.where(ok, mid, hi)
+        lo = torch.where(ok, lo, mid + 1)
+    top = hi.to(torch.int32).view(torch.float32)
+    reachable = torch.floor(torch.log(top) / TIME_BUCKET_DIV).to(torch.int64) >= want
+    thr = torch.empty(nb + 1, dtype=torch.float32, device=device)
+    thr[0] = 0.0
+    thr[1:nb] = torch.where(reachable, top, torch.full_like(top, float("inf")))
+    thr[nb] = float("inf")
+    _THR_CACHE[key] = thr
+    return thr
+
+
+_THR_CACHE: dict = {}
+_LOG2_SCALE = math.log(2.0) / TIME_BUCKET_DIV
+
+
 if _HAVE_TRITON:
 
     @triton.jit
-    def _time_bucket_tl(dt, num_tb):
-        """bucket(dt) for an int64 tensor of second differences (same float32 steps as time_bucket)."""
+    def _time_bucket_tl(dt, Thr, num_tb, log2_scale):
+        """bucket(dt) for int64 second differences: fast log2, then an exact +-1 correction
+        against the threshold table (equal to time_bucket() on the same device)."""
         x = tl.maximum(tl.abs(dt).to(tl.float32), 1.0)
-        b = tl.floor(tl.math.div_rn(tl.log(x), 0.301)).to(tl.int32)
+        b = tl.floor(tl.log2(x) * log2_scale).to(tl.int32)
+        b = tl.minimum(tl.maximum(b, 0), num_tb - 1)
+        lo = tl.load(Thr + b)
+        hi = tl.load(Thr + b + 1)
+        b = b + (x >= hi).to(tl.int32) - (x < lo).to(tl.int32)
         return tl.minimum(tl.maximum(b, 0), num_tb - 1)
 
     @triton.jit
-    def _time_bucket_kernel(DT, Out, n, num_tb, BLOCK: tl.constexpr):
+    def _time_bucket_kernel(DT, Out, Thr, n, num_tb, log2_scale, BLOCK: tl.constexpr):
         # diagnostics only: the kernel's bucket function on a list of dt values
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = offs < n
         dt = tl.load(DT + offs, mask=m, other=0)
-        tl.store(Out + offs, _time_bucket_tl(dt, num_tb), mask=m)
+        tl.store(Out + offs, _time_bucket_tl(dt, Thr, num_tb, log2_scale), mask=m)
+
+    @triton.jit
+    def _fast_silu(x):
+        # x * sigmoid(x) with sigmoid = 0.5 * tanh(0.5 x) + 0.5 on the MUFU tanh unit (half precision only)
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x * 0.5],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        return x * (0.5 * t + 0.5)
 
     @triton.jit
     def _hstu_attn_fwd(
-        Q, K, V, Out, Offsets, TS, PosW, TimeW,
+        Q, K, V, Out, Offsets, TS, PosW, TimeW, Thr,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-        T, n_search, n_iter, max_pos, num_tb, inv_n,
-        QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
+        T, n_search, n_iter, max_pos, num_tb, inv_n, log2_scale,
+        H: tl.constexpr, HP: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
         BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        IEEE: tl.constexpr,
+        IEEE: tl.constexpr, FAST_SILU: tl.constexpr,
     ):
-        # One program = BLOCK_M consecutive tokens of the flattened jagged batch x one head.
-        # A block may hold the tail of one sequence and the heads of the next ones: each
-        # row finds its own sequence start by binary search over Offsets, and key j is
-        # visible to row i iff start_i <= j <= i.  Keys are visited only from the first
-        # row's sequence start up to the block's last row, so blocks above the diagonal
-        # and blocks of other sequences are never touched; tiles inside that range that
-        # are fully masked are skipped before any load.
+        # One program = BLOCK_M consecutive tokens of the flattened jagged batch, ALL heads
+        # (the relative bias is computed once per tile and shared by the heads; the two
+        # matmuls are batched over heads).  A block may hold the tail of one sequence and
+        # the heads of the next: each row finds its sequence start by binary search over
+        # Offsets (L1-resident), and key j is visible to row i iff start_i <= j <= i.
+        # Keys are visited only from the first row's sequence start to the block's last
+        # row: every tile above the diagonal or in another sequence is skipped without a
+        # load, and every tile visited has at least one visible pair (no empty tiles).
         pid_m = tl.program_id(0)
-        h = tl.program_id(1)
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < T
         rows_c = tl.minimum(rows, T - 1)
 
-        # per-row sequence start: largest s with Offsets[s] <= row
         lo = tl.zeros([BLOCK_M], dtype=tl.int32)
         hi = tl.zeros([BLOCK_M], dtype=tl.int32) + (n_search - 1)
         for _ in range(0, n_iter):
@@ -187,44 +235,54 @@ if _HAVE_TRITON:
         k_lo = tl.min(start, axis=0)
         k_hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M, T)
 
+        hh = tl.arange(0, HP)
+        h_ok = hh < H
         dq = tl.arange(0, BLOCK_DQ)
         dv = tl.arange(0, BLOCK_DV)
-        q = tl.load(Q + rows_c[:, None].to(tl.int64) * stride_qt + h * stride_qh + dq[None, :],
-                    mask=row_ok[:, None] & (dq[None, :] < QK_DIM), other=0.0)
+        r64 = rows_c.to(tl.int64)
+        q = tl.load(Q + hh[:, None, None] * stride_qh + r64[None, :, None] * stride_qt + dq[None, None, :],
+                    mask=h_ok[:, None, None] & row_ok[None, :, None] & (dq[None, None, :] < QK_DIM),
+                    other=0.0)                                                   # (HP, BM, DQ)
         ts_q = tl.load(TS + rows_c)
-        acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+        acc = tl.zeros([HP, BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
         for j0 in range(k_lo, k_hi, BLOCK_N):
             cols = j0 + tl.arange(0, BLOCK_N)
-            vis = (cols[None, :] >= start[:, None]) & (cols[None, :] <= rows[:, None]) & row_ok[:, None]
-            if tl.max(tl.max(vis.to(tl.int32), axis=1), axis=0) > 0:
-                col_ok = cols < k_hi
-                cols_c = tl.minimum(cols, T - 1).to(tl.int64)
-                kt = tl.load(K + cols_c[None, :] * stride_kt + h * stride_kh + dq[:, None],
-                             mask=col_ok[None, :] & (dq[:, None] < QK_DIM), other=0.0)
-                if IEEE:
-                    s = tl.dot(q, kt, input_precision="ieee")
-                else:
-                    s = tl.dot(q, kt)
-                # relative position bias
-                rel = rows[:, None] - cols[None, :]
-                pidx = tl.minimum(tl.maximum(rel, 0), max_pos - 1)
-                s += tl.load(PosW + pidx).to(tl.float32)
-                # log-bucketed time bias
-                ts_k = tl.load(TS + cols_c)
-                bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], num_tb)
-                s += tl.load(TimeW + bkt).to(tl.float32)
+            col_ok = cols < k_hi
+            cols_c = tl.minimum(cols, T - 1)
+            c64 = cols_c.to(tl.int64)
+            kt = tl.load(K + hh[:, None, None] * stride_kh + c64[None, None, :] * stride_kt + dq[None, :, None],
+                         mask=h_ok[:, None, None] & col_ok[None, None, :] & (dq[None, :, None] < QK_DIM),
+                         other=0.0)                                              # (HP, DQ, BN)
+            vt = tl.load(V + hh[:, None, None] * stride_vh + c64[None, :, None] * stride_vt + dv[None, None, :],
+                         mask=h_ok[:, None, None] & col_ok[None, :, None] & (dv[None, None, :] < V_DIM),
+                         other=0.0)                                              # (HP, BN, DV)
+            # relative bias, once for all heads: position + log-bucketed time
+            rel = rows[:, None] - cols[None, :]
+            vis = (cols[None, :] >= start[:, None]) & (rel >= 0) & row_ok[:, None]
+            pidx = tl.minimum(tl.maximum(rel, 0), max_pos - 1)
+            bias = tl.load(PosW + pidx).to(tl.float32)
+            ts_k = tl.load(TS + cols_c)
+            bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
+            bias += tl.load(TimeW + bkt).to(tl.float32)
+            if IEEE:
+                s = tl.dot(q, kt, input_precision="ieee")
+            else:
+                s = tl.dot(q, kt)
+            s = s + bias[None, :, :]
+            if FAST_SILU:
+                a = _fast_silu(s) * inv_n
+            else:
                 a = s * tl.sigmoid(s) * inv_n
-                a = tl.where(vis, a, 0.0)
-                vt = tl.load(V + cols_c[:, None] * stride_vt + h * stride_vh + dv[None, :],
-                             mask=col_ok[:, None] & (dv[None, :] < V_DIM), other=0.0)
-                if IEEE:
-                    acc += tl.dot(a, vt, input_precision="ieee")
-                else:
-                    acc += tl.dot(a.to(vt.dtype), vt)
+            a = tl.where(vis[None, :, :], a, 0.0)
+            if IEEE:
+                acc = tl.dot(a, vt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a.to(vt.dtype), vt, acc)
 
-        tl.store(Out + rows_c[:, None].to(tl.int64) * stride_ot + h * stride_oh + dv[None, :],
-                 acc.to(Out.dtype.element_ty), mask=row_ok[:, None] & (dv[None, :] < V_DIM))
+        tl.store(Out + hh[:, None, None] * stride_oh + r64[None, :, None] * stride_ot + dv[None, None, :],
+                 acc.to(Out.dtype.element_ty),
+                 mask=h_ok[:, None, None] & row_ok[None, :, None] & (dv[None, None, :] < V_DIM))
 
 
 def time_bucket_triton(dt: torch.Tensor, num_time_buckets: int) -> torch.Tensor:
@@ -233,7 +291,9 @@ def time_bucket_triton(dt: torch.Tensor, num_time_buckets: int) -> torch.Tensor:
     out = torch.empty(dt.shape, dtype=torch.int32, device=dt.device)
     n = dt.numel()
     if n:
-        _time_bucket_kernel[(triton.cdiv(n, 1024),)](dt, out, n, num_time_buckets, BLOCK=1024)
+        thr = bucket_thresholds(num_time_buckets, dt.device)
+        _time_bucket_kernel[(triton.cdiv(n, 1024),)](dt, out, thr, n, num_time_buckets, _LOG2_SCALE,
+                                                     BLOCK=1024)
     return out.to(torch.int64)
 
 
@@ -241,21 +301,22 @@ def default_config(T: int, H: int, qk_dim: int, v_dim: int, dtype: torch.dtype) 
     """Block sizes picked from the GPU sweep in bench/kernels_bench.py (docs/perf.md)."""
     if _dispatch.interpreting():
         return dict(block_m=16, block_n=16, num_warps=4, num_stages=1)
+    hp = triton.next_power_of_2(H)
     d = max(qk_dim, v_dim)
-    if dtype == torch.float32:
+    if dtype == torch.float32 or d > 64 or hp >= 4:
         return dict(block_m=32, block_n=32, num_warps=4, num_stages=2)
-    if d > 128:
-        return dict(block_m=64, block_n=32, num_warps=4, num_stages=2)
-    return dict(block_m=64, block_n=64, num_warps=4, num_stages=2)
+    return dict(block_m=32, block_n=32, num_warps=4, num_stages=2)
 
 
 def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
                           num_time_buckets: int, max_seq_len: int | None = None, *,
                           block_m: int | None = None,
                           block_n: int | None = None, num_warps: int | None = None,
-                          num_stages: int | None = None) -> torch.Tensor:
-    """The fused Triton kernel.  Grid = (ceil(T / BLOCK_M), H): work scales with the total
-    number of tokens T, never with B x max_len; no padding, no host sync."""
+                          num_stages: int | None = None, fast_silu: bool = True) -> torch.Tensor:
+    """The fused Triton kernel.  Grid = ceil(T / BLOCK_M) programs, each doing every head of
+    its BLOCK_M tokens: work scales with the total number of tokens T, never with
+    B x max_len; no padding, no host sync.  ``fast_silu`` (bf16/fp16 only) evaluates the
+    sigmoid with the hardware tanh approximation (relative error ~5e-4, below bf16 rounding)."""
     if not _HAVE_TRITON:
         raise RuntimeError("triton is not installed")
     max_seq_len = max_seq_len or pos_w.shape[0]
@@ -276,16 +337,20 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     pos_w = pos_w.contiguous()
     time_w = time_w.contiguous()
     n_search = offsets.numel() - 1  # valid sequence indices are 0 .. B-1
-    grid = (triton.cdiv(T, bm), H)
+    thr = bucket_thresholds(num_time_buckets, q.device)
+    interp = _dispatch.interpreting()
+    grid = (triton.cdiv(T, bm),)
     _hstu_attn_fwd[grid](
-        q, k, v, out, offsets, ts_s, pos_w, time_w,
+        q, k, v, out, offsets, ts_s, pos_w, time_w, thr,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
-        T, n_search, max(1, int(n_search).bit_length()), max_seq_len, num_time_buckets, 1.0 / float(attn_n),
-        QK_DIM=qk_dim, V_DIM=v_dim,
+        T, n_search, max(1, int(n_search).bit_length()), max_seq_len, num_time_buckets,
+        1.0 / float(attn_n), _LOG2_SCALE,
+        H=H, HP=triton.next_power_of_2(H), QK_DIM=qk_dim, V_DIM=v_dim,
         BLOCK_DQ=max(16, triton.next_power_of_2(qk_dim)),
         BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
+        FAST_SILU=(q.dtype != torch.float32 and not interp and fast_silu),
         num_warps=nw, num_stages=ns,
     )
     return out

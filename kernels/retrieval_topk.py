@@ -97,26 +97,14 @@ def _sample_threshold(user_emb, items, k, sample_size):
     return (kth - (kth.abs() * 1e-3 + 1e-4)).contiguous(), S
 
 
-def retrieval_topk_triton(user_emb: torch.Tensor, items: torch.Tensor, k: int, *,
-                          sample_size: int = 16384, cap_factor: float = 2.5,
-                          block_b: int | None = None, block_n: int | None = None,
-                          num_warps: int | None = None, return_stats: bool = False):
-    if not _HAVE_TRITON:
-        raise RuntimeError("triton is not installed")
+def _filter(user_emb, items, k, thr, cap, block_b=None, block_n=None, num_warps=None):
+    """Step 2: the Triton GEMM + threshold filter into per-user candidate buffers."""
     B, D = user_emb.shape
     N = items.shape[0]
-    if k > N:
-        raise ValueError(f"k={k} > number of items {N}")
-    user_emb = user_emb.contiguous()
-    items = items.contiguous()
-    thr, S = _sample_threshold(user_emb, items, k, sample_size)
-    cap = int(cap_factor * k * N / S) + 256
-    cap = min(cap, N)
     dev = user_emb.device
     cnt = torch.zeros(B, dtype=torch.int32, device=dev)
     cand_s = torch.full((B, cap), float("-inf"), dtype=torch.float32, device=dev)
     cand_i = torch.zeros((B, cap), dtype=torch.int32, device=dev)
-
     interp = _dispatch.interpreting()
     bb = block_b or (16 if interp else (128 if B >= 256 else max(16, min(64, triton.next_power_of_2(B)))))
     bn = block_n or (16 if interp else 128)
@@ -133,16 +121,39 @@ def retrieval_topk_triton(user_emb: torch.Tensor, items: torch.Tensor, k: int, *
         user_emb, items, thr, cnt, cand_s, cand_i, B, N, D, user_emb.stride(0), items.stride(0),
         cap, per, BLOCK_B=bb, BLOCK_N=bn, BLOCK_D=max(16, triton.next_power_of_2(D)),
         IEEE=(user_emb.dtype == torch.float32), num_warps=nw)
+    return cnt, cand_s, cand_i
+
+
+def retrieval_topk_triton(user_emb: torch.Tensor, items: torch.Tensor, k: int, *,
+                          sample_size: int = 16384, cap_factor: float = 2.5,
+                          block_b: int | None = None, block_n: int | None = None,
+                          num_warps: int | None = None, return_stats: bool = False,
+                          check_overflow: bool = True):
+    """The fused path.  ``check_overflow=False`` skips the one host sync (and the exact
+    fallback): only for timing under CUDA graphs."""
+    if not _HAVE_TRITON:
+        raise RuntimeError("triton is not installed")
+    B, D = user_emb.shape
+    N = items.shape[0]
+    if k > N:
+        raise ValueError(f"k={k} > number of items {N}")
+    user_emb = user_emb.contiguous()
+    items = items.contiguous()
+    thr, S = _sample_threshold(user_emb, items, k, sample_size)
+    cap = min(int(cap_factor * k * N / S) + 256, N)
+    cnt, cand_s, cand_i = _filter(user_emb, items, k, thr, cap, block_b, block_n, num_warps)
     top = torch.topk(cand_s, k, dim=1)
     scores = top.values
     idx = torch.gather(cand_i, 1, top.indices).to(torch.int64)
-    over = cnt > cap
-    n_over = int(over.sum())                       # the one host sync: overflow check
-    if n_over:
-        rows = over.nonzero().squeeze(1)
-        s2, i2 = retrieval_topk_reference(user_emb[rows].float(), items.float(), k)
-        scores[rows] = s2
-        idx[rows] = i2
+    n_over = 0
+    if check_overflow:
+        over = cnt > cap
+        n_over = int(over.sum())                       # the one host sync: overflow check
+        if n_over:
+            rows = over.nonzero().squeeze(1)
+            s2, i2 = retrieval_topk_reference(user_emb[rows].float(), items.float(), k)
+            scores[rows] = s2
+            idx[rows] = i2
     scores = scores.to(user_emb.dtype)
     if return_stats:
         return scores, idx, {"sample": S, "cap": cap, "max_candidates": int(cnt.max()), "overflow_users": n_over}

@@ -97,10 +97,10 @@ class Recommender:
     ``recommend`` excludes each user's last ``exclude_recent`` items from the slate.
     """
 
-    encoder_name: str = "torch"
     generator_name: str = "retrieval"
 
-    def __init__(self, bundle: ModelBundle, k: int = 10, exclude_recent: int = 50, device: str = "cpu") -> None:
+    def __init__(self, bundle: ModelBundle, k: int = 10, exclude_recent: int = 50, device: str = "cpu",
+                 encoder_backend: str = "torch", encoder_options: dict | None = None) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if exclude_recent < 0:
@@ -116,6 +116,16 @@ class Recommender:
         self._lock = threading.Lock()
         with torch.inference_mode():
             self._item_table = self.encoder.item_table().detach().clone()
+        # --- encoder backend (pipeline/encoders, issue 5): auto|tensorrt|onnxruntime|torch, with run-time fallback
+        from pipeline.encoders import build_encoder
+
+        self._user_encoder = build_encoder(bundle, encoder_backend, self.device, encoder_options)
+
+    @property
+    def encoder_name(self) -> str:
+        """The encoder backend in use: tensorrt | onnxruntime | torch (may change after a run-time fallback)."""
+        return self._user_encoder.name
+    # --- end encoder backend
 
     def _encode(self, requests: Sequence[UserRequest]) -> tuple[torch.Tensor, JaggedBatch]:
         for r in requests:
@@ -128,7 +138,7 @@ class Recommender:
             self.oov_count += batch.oov
         b = batch.to(self.device)
         with torch.inference_mode():
-            emb = self.encoder(b.item_idx, b.action_idx, b.ts_ms, b.offsets)
+            emb = self._user_encoder(b.item_idx, b.action_idx, b.ts_ms, b.offsets).to(self.device)
         return emb, batch
 
     def embed(self, requests: Sequence[UserRequest]) -> np.ndarray:

@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     redis_prefix: str = "streamrec"
 
     # delivery and batching
-    delivery: Literal["at_least_once"] = "at_least_once"
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="exactly_once: transactional producer per input partition, outputs and "
+                                     "offsets in one transaction; readers must use isolation.level=read_committed")
     max_batch_events: int = Field(512, ge=1, le=100_000)
     max_wait_ms: int = Field(20, ge=0, le=60_000)
     queue_max_events: int = Field(8192, ge=1, description="buffered events before partitions are paused")
@@ -50,8 +52,8 @@ class Settings(BaseSettings):
     exclude_recent: int = Field(50, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
-    encoder_backend: Literal["auto", "torch"] = "auto"
-    generator_backend: Literal["auto", "retrieval"] = "auto"
+    encoder_backend: Literal["auto", "tensorrt", "onnxruntime", "torch"] = "auto"
+    generator_backend: Literal["auto", "vllm", "torch", "retrieval"] = "auto"
     embedding_ttl_s: float = Field(900.0, gt=0, description="TTL of cached user embeddings")
 
     # operations

@@ -37,14 +37,19 @@ def pick_device(device: str) -> str:
 
 class ModelEngine:
     def __init__(self, bundle: ModelBundle, top_k: int, exclude_recent: int, device: str = "auto",
-                 torch_threads: int = 0, chaos_fail_users: frozenset[str] = frozenset()):
+                 torch_threads: int = 0, chaos_fail_users: frozenset[str] = frozenset(),
+                 encoder_backend: str = "auto", generator_backend: str = "auto"):
         self.device = pick_device(device)
         self.chaos_fail_users = chaos_fail_users
         self.bundle = bundle
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamrec-model")
         if torch_threads:
             self._executor.submit(torch.set_num_threads, torch_threads).result()
-        self.recommender = Recommender(bundle, k=top_k, exclude_recent=exclude_recent, device=self.device)
+        from pipeline.generator.registry import make_recommender  # generator: auto|vllm|torch|retrieval (issue 4)
+
+        self.recommender: Recommender = make_recommender(bundle, k=top_k, exclude_recent=exclude_recent,
+                                                         device=self.device, encoder_backend=encoder_backend,
+                                                         generator_backend=generator_backend)
 
     @classmethod
     def from_dir(cls, model_dir, **kw) -> "ModelEngine":
@@ -93,3 +98,4 @@ class ModelEngine:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        getattr(self.recommender, "close", lambda: None)()  # the generator's vLLM engine process, if any

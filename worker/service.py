@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError, ProducerFenced
 from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
@@ -87,8 +87,10 @@ class Worker:
             max_event_bytes=settings.max_event_bytes,
         )
         self.buffer = RecordBuffer(settings.queue_max_events)
-        self.consumer = make_consumer(settings)
+        self.exactly_once = settings.delivery == "exactly_once"
+        self.consumer = make_consumer(settings, "read_committed" if self.exactly_once else "read_uncommitted")
         self.producer = make_producer(settings)
+        self._txn_producers: dict[tuple[str, int], object] = {}  # exactly-once: one per input partition
         self._batch_lock = asyncio.Lock()
         self._generation = 0
         self._revoking = False
@@ -142,6 +144,8 @@ class Worker:
             if dropped:
                 log.info("left uncommitted buffered events for redelivery", extra={"events": dropped})
             await self.consumer.stop()
+            for p in self._txn_producers.values():
+                await p.stop()
             await self.producer.stop()
             self.engine.close()
             log.info("worker stopped", extra={"batches": self.batches_done})
@@ -184,6 +188,16 @@ class Worker:
                 return
 
     async def _handle(self, records: list) -> None:
+        if not self.exactly_once:
+            await self._handle_unit(records)
+            return
+        by_partition: dict[tuple[str, int], list] = {}
+        for r in records:
+            by_partition.setdefault((r.topic, r.partition), []).append(r)
+        for tp, recs in by_partition.items():  # one transaction per input partition
+            await self._handle_unit(recs, tp)
+
+    async def _handle_unit(self, records: list, txn_tp: tuple[str, int] | None = None) -> None:
         attempt = 0
         topic = self.s.input_topic
         links = links_from_headers(r.headers for r in records)
@@ -195,11 +209,20 @@ class Worker:
                                                                 "messaging.destination.name": topic,
                                                                 "messaging.batch.message_count": len(records)}):
                     outcome = await self.processor.process(records)
-                    with tracer().start_as_current_span("publish"):
-                        await self._publish(outcome)
-                    with tracer().start_as_current_span("commit"):
-                        await self._commit(outcome)
+                    if txn_tp is None:
+                        with tracer().start_as_current_span("publish"):
+                            await self._publish(outcome)
+                        with tracer().start_as_current_span("commit"):
+                            await self._commit(outcome)
+                    else:
+                        with tracer().start_as_current_span("publish"):
+                            await self._publish_transaction(txn_tp, outcome)
                 break
+            except ProducerFenced as e:
+                log.warning("transactional producer fenced: another worker owns this partition now",
+                            extra={"partition": f"{txn_tp[0]}:{txn_tp[1]}" if txn_tp else None, "error": str(e)})
+                await self._drop_txn_producer(txn_tp)
+                return
             except CommitFailedError as e:
                 log.warning("commit failed after a rebalance; the partitions' new owner reprocesses the batch",
                             extra={"error": str(e)})
@@ -223,15 +246,56 @@ class Worker:
         m.STAGE_LATENCY.labels("batch").observe(time.perf_counter() - t0)
 
     async def _publish(self, outcome: BatchOutcome) -> None:
-        futures = []
-        for rec in (*outcome.dead_letters, *outcome.outputs):
-            futures.append(await self.producer.send(rec.topic, value=rec.value, key=rec.key, headers=rec.headers))
+        await self._send_all(self.producer, outcome)
+        self._published(outcome)
+
+    @staticmethod
+    async def _send_all(producer, outcome: BatchOutcome) -> None:
+        """Send dead letters and outputs; return once the broker acknowledged every one."""
+        futures = [await producer.send(r.topic, value=r.value, key=r.key, headers=r.headers)
+                   for r in (*outcome.dead_letters, *outcome.outputs)]
         if futures:
             await asyncio.gather(*futures)
+
+    @staticmethod
+    def _published(outcome: BatchOutcome) -> None:
         now = time.time()
         for ts in outcome.newest_ts:
             m.E2E_LATENCY.observe(max(0.0, now - ts / 1000))
         m.RECS_OUT.inc(len(outcome.outputs))
+
+    async def _txn_producer(self, tp: tuple[str, int]):
+        p = self._txn_producers.get(tp)
+        if p is None:
+            # one transactional id per input partition: the next owner's init fences a zombie (DESIGN §3)
+            p = make_producer(self.s, transactional_id=f"{self.s.group_id}.{tp[0]}.{tp[1]}")
+            await p.start()
+            self._txn_producers[tp] = p
+        return p
+
+    async def _drop_txn_producer(self, tp: tuple[str, int] | None) -> None:
+        p = self._txn_producers.pop(tp, None) if tp is not None else None
+        if p is not None:
+            try:
+                await p.stop()
+            except Exception:  # a fenced producer may fail to close cleanly; it is gone either way
+                pass
+
+    async def _publish_transaction(self, tp: tuple[str, int], outcome: BatchOutcome) -> None:
+        """Outputs, dead letters and the consumed offset commit in one transaction (exactly-once)."""
+        producer = await self._txn_producer(tp)
+        try:
+            async with producer.transaction():
+                await self._send_all(producer, outcome)
+                await producer.send_offsets_to_transaction(
+                    {TopicPartition(t, p): off for (t, p), off in outcome.commit.items()}, self.s.group_id)
+        except ProducerFenced:
+            raise
+        except KafkaError:
+            await self._drop_txn_producer(tp)  # a fresh producer (same id) resumes cleanly after an abort failure
+            raise
+        self._committed.update(outcome.commit)
+        self._published(outcome)
 
     async def _commit(self, outcome: BatchOutcome) -> None:
         offsets = {TopicPartition(t, p): off for (t, p), off in outcome.commit.items()}
@@ -248,6 +312,7 @@ class Worker:
                 self._generation += 1
                 for tp in revoked:
                     self._committed.pop(tp, None)
+                    await self._drop_txn_producer(tp)
         finally:
             self._revoking = False
         log.info("partitions revoked", extra={"partitions": sorted(f"{t}:{p}" for t, p in revoked),

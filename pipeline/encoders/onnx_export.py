@@ -6,7 +6,7 @@ Inputs (all int64)::
 
     item_idx   (B, L)   item index per event, right-padded (pad value: anything in range, e.g. 0)
     action_idx (B, L)   action index per event, right-padded
-    ts_ms      (B, L)   event time in epoch ms, right-padded
+    ts_s       (B, L)   event time in whole epoch SECONDS = floor(ts_ms / 1000), right-padded
     lengths    (B,)     number of real events of each user, 1 <= lengths[b] <= L
 
 Output: ``user_emb`` (B, dim) float32, L2-normalised -- the same number as
@@ -76,10 +76,10 @@ log = logging.getLogger("streamrec.encoders.export")
 
 OPSET = 18
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-INPUT_NAMES = ("item_idx", "action_idx", "ts_ms", "lengths")
+INPUT_NAMES = ("item_idx", "action_idx", "ts_s", "lengths")
 OUTPUT_NAME = "user_emb"
 ONNX_SUBDIR = "onnx"
-FORMAT = 1
+FORMAT = 2
 
 
 class ExportError(RuntimeError):
@@ -90,6 +90,7 @@ class ExportError(RuntimeError):
 class PaddedHSTU(nn.Module):
     """The export-friendly twin of :meth:`HSTUEncoder.forward`: right-padded [B, L] + lengths.
 
+    Takes ``ts_s`` (whole seconds, int64: see :func:`jagged_to_padded`), not ts_ms.
     Shares the encoder's parameters (no copy). Same math as ``hstu.py`` (LayerNorm ->
     SiLU(uvqk) -> SiLU(QK^T + rab) / attn_n under the causal mask -> U * LayerNorm(AV) ->
     out + residual; final LayerNorm; last position; L2 normalise), batched over [B, L]
@@ -102,13 +103,12 @@ class PaddedHSTU(nn.Module):
         self.enc = encoder
         self.cfg = encoder.cfg
 
-    def forward(self, item_idx: Tensor, action_idx: Tensor, ts_ms: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, item_idx: Tensor, action_idx: Tensor, ts_s: Tensor, lengths: Tensor) -> Tensor:
         cfg = self.cfg
         enc = self.enc
         H, dqk, dv = cfg.num_heads, cfg.qk_dim, cfg.v_dim
         B, L = item_idx.shape
         x = enc.item_emb(item_idx) + enc.action_emb(action_idx)  # (B, L, D)
-        ts_s = torch.div(ts_ms, 1000, rounding_mode="floor")
         # relative-bias indices, shared by the layers (each layer has its own tables)
         pos = torch.arange(L, device=item_idx.device)
         rel = (pos[:, None] - pos[None, :]).clamp(min=0, max=cfg.max_seq_len - 1)  # (L, L)
@@ -155,7 +155,12 @@ class PaddedHSTU(nn.Module):
 def jagged_to_padded(
     item_idx: Tensor, action_idx: Tensor, ts_ms: Tensor, offsets: Tensor, pad_to: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Jagged (values + offsets) -> right-padded (B, L) int64 tensors + lengths (B,).
+    """Jagged (values + offsets, ts in ms) -> right-padded (B, L) int64 item, action, ts_s + lengths (B,).
+
+    ``ts_s = floor(ts_ms / 1000)`` is computed here, in int64, and not in the graph: the
+    ONNX exporter lowers int64 division through a float32 Cast + Div + Floor, which rounds
+    epoch timestamps (~1.7e12 ms) to float32's 24-bit mantissa and moves events into
+    wrong time buckets (seen: 7e-4 embedding error before this was moved out).
 
     ``L`` is the batch's max length, or ``pad_to`` when given (must be >= the max).
     Pad slots hold item 0, action 0 and the sequence's last timestamp (any value works:
@@ -178,10 +183,11 @@ def jagged_to_padded(
     flat = seq * L + pos
     it = torch.zeros(B * L, dtype=torch.long, device=dev)
     ac = torch.zeros(B * L, dtype=torch.long, device=dev)
-    ts = ts_ms[offsets[1:] - 1].repeat_interleave(L)
+    ts_s = torch.div(ts_ms, 1000, rounding_mode="floor")
+    ts = ts_s[offsets[1:] - 1].repeat_interleave(L)
     it[flat] = item_idx
     ac[flat] = action_idx
-    ts[flat] = ts_ms
+    ts[flat] = ts_s
     return it.view(B, L), ac.view(B, L), ts.view(B, L), lengths.contiguous()
 
 
@@ -267,7 +273,7 @@ def _example_inputs(encoder: HSTUEncoder, B: int = 3, L: int = 7) -> tuple[Tenso
     cfg = encoder.cfg
     it = torch.randint(0, cfg.num_items + 1, (B, L), generator=g)
     ac = torch.randint(0, cfg.num_actions, (B, L), generator=g)
-    ts = 1_700_000_000_000 + torch.sort(torch.randint(0, 10**9, (B, L), generator=g), dim=1).values
+    ts = 1_700_000_000 + torch.sort(torch.randint(0, 10**7, (B, L), generator=g), dim=1).values
     lengths = torch.tensor([L, max(1, L - 2), 1][:B] + [L] * max(0, B - 3), dtype=torch.long)
     return it, ac, ts, lengths
 
@@ -298,7 +304,7 @@ def export_onnx(
     args = _example_inputs(enc)
     B = torch.export.Dim("batch", min=1, max=65536)
     L = torch.export.Dim("seq", min=1, max=enc.cfg.max_seq_len)
-    dynamic_shapes = {"item_idx": {0: B, 1: L}, "action_idx": {0: B, 1: L}, "ts_ms": {0: B, 1: L}, "lengths": {0: B}}
+    dynamic_shapes = {"item_idx": {0: B, 1: L}, "action_idx": {0: B, 1: L}, "ts_s": {0: B, 1: L}, "lengths": {0: B}}
     t0 = time.monotonic()
     fd, tmp_name = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
     os.close(fd)

@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
         baselines: bool = typer.Option(False, "--baselines", help="also evaluate popularity, random and (synthetic) the planted-truth ceiling"),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
+        encoder: str = typer.Option("torch", "--encoder", help="encoder backend: auto | tensorrt | onnxruntime | torch (docs/backends.md)"),
     ) -> None:
         import orjson
         import torch
@@ -85,11 +86,19 @@ def register(app: typer.Typer) -> None:
         sp = leave_one_out(ds.user_ids, ds.sequences)
         cases = sp.test if split == "test" else sp.valid
         index = bundle.item_index
-        result = evaluate(model_scorer(bundle.encoder, index), cases, index)
+        from pipeline.encoders import BackendUnavailable, build_encoder
+        from pipeline.encoders.registry import encoder_scorer
+
+        try:
+            user_encoder = build_encoder(bundle, encoder)
+        except (BackendUnavailable, ValueError) as e:
+            fail(str(e))
+        scorer = model_scorer(bundle.encoder, index) if user_encoder.name == "torch" else encoder_scorer(user_encoder, bundle)
+        result = evaluate(scorer, cases, index)
         out = {
             **{k: result[k] for k in ("hr@10", "ndcg@10", "hr@50", "ndcg@50")},
             "users": result["users"],
-            "encoder": Recommender.encoder_name,
+            "encoder": user_encoder.name,
             "generator": Recommender.generator_name,
             "version": bundle.version,
             "data": ds.name,
