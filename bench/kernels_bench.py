@@ -156,9 +156,10 @@ ATTN_TARGETS = [  # (B, N, H, d, target ratio vs the padded reference)
     (256, 256, 2, 64, 20.0),
     (512, 128, 2, 64, 25.0),
 ]
-SWEEP = [  # block_m, block_n, num_warps, num_stages
-    (64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (32, 32, 4, 2),
-    (64, 64, 4, 3), (128, 64, 4, 2), (64, 128, 8, 2), (32, 64, 4, 2), (128, 128, 8, 2),
+SWEEP = [  # block_m, block_n, num_warps, num_stages, prefetch  (one program = BLOCK_M tokens x all heads)
+    (16, 16, 2, 2, 0), (16, 32, 4, 2, 0), (16, 16, 4, 2, 1), (16, 16, 2, 2, 1), (16, 16, 1, 2, 1),
+    (16, 32, 2, 2, 1), (32, 16, 4, 2, 1), (32, 32, 4, 2, 1), (16, 32, 4, 2, 1), (32, 32, 8, 2, 1),
+    (16, 64, 4, 2, 1), (32, 16, 2, 2, 0),
 ]
 
 
@@ -176,24 +177,29 @@ def sec_attention(quick=False):
         ref = ref64(a) if T * N < 40e6 else None
         # config sweep (cudagraph timings)
         sweep = []
-        for (bm, bn, nw, ns) in (SWEEP[:3] if quick else SWEEP):
-            fn = lambda bm=bm, bn=bn, nw=nw, ns=ns: ha.hstu_attention_triton(
-                **a, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)
+        for (bm, bn, nw, ns, pf) in (SWEEP[:3] if quick else SWEEP):
+            fn = lambda bm=bm, bn=bn, nw=nw, ns=ns, pf=pf: ha.hstu_attention_triton(
+                **a, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, prefetch=bool(pf))
             try:
                 o = fn()
                 err = rel_err(o, ref) if ref is not None else None
+                ck = ha.LAST_COMPILED
+                regs = getattr(ck, "n_regs", None)
+                spills = getattr(ck, "n_spills", None)
                 ms = bench_ms(fn, graph=True)
-                sweep.append({"cfg": [bm, bn, nw, ns], "ms_graph": ms, "rel_err": err})
-                log(f"  B={B} N={N} cfg={bm},{bn},w{nw},s{ns}: {ms:.4f} ms  err={err}")
+                sweep.append({"cfg": [bm, bn, nw, ns, pf], "ms_graph": ms, "rel_err": err, "regs": regs,
+                              "spills": spills})
+                log(f"  B={B} N={N} cfg={bm},{bn},w{nw},s{ns},pf{pf}: {ms:.4f} ms  err={err} regs={regs} spills={spills}")
             except Exception as exc:
-                sweep.append({"cfg": [bm, bn, nw, ns], "error": str(exc)[:200]})
-                log(f"  cfg {bm},{bn},{nw},{ns} failed: {str(exc)[:200]}")
+                sweep.append({"cfg": [bm, bn, nw, ns, pf], "error": str(exc)[:200]})
+                log(f"  cfg {bm},{bn},{nw},{ns},{pf} failed: {str(exc)[:200]}")
         good = [s for s in sweep if s.get("ms_graph") and (s["rel_err"] is None or s["rel_err"] < 1e-2)]
         best = min(good, key=lambda s: s["ms_graph"])
         row["sweep"] = sweep
         row["best_cfg"] = best["cfg"]
-        bm, bn, nw, ns = best["cfg"]
-        kern = lambda: ha.hstu_attention_triton(**a, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns)
+        bm, bn, nw, ns, pf = best["cfg"]
+        kern = lambda: ha.hstu_attention_triton(**a, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns,
+                                                prefetch=bool(pf))
         kern_default = lambda: ha.hstu_attention_triton(**a)
         pad_nb = lambda: ha.hstu_attention_padded(**a, padded_len=N, with_bias=False, pad_index=pidx)
         pad_b = lambda: ha.hstu_attention_padded(**a, padded_len=N, with_bias=True, pad_index=pidx)
@@ -204,6 +210,9 @@ def sec_attention(quick=False):
         row["triton_best_ms_graph"] = best["ms_graph"]
         row["triton_best_ms_eager"] = bench_ms(kern)
         row["triton_default_ms_graph"] = bench_ms(kern_default, graph=True)
+        row["triton_best_exact_silu_ms_graph"] = bench_ms(
+            lambda: ha.hstu_attention_triton(**a, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns,
+                                             prefetch=bool(pf), fast_silu=False), graph=True)
         row["triton_default_ms_eager"] = bench_ms(kern_default)
         for name, fn in (("padded_nobias", pad_nb), ("padded_bias", pad_b)):
             row[f"{name}_ms_eager"] = bench_ms(fn, rep=200)
@@ -265,11 +274,23 @@ def sec_retrieval(quick=False):
         err = (recomputed - ref_s).abs().max().item()
         overlap = float(torch.tensor([len(set(a) & set(b)) / k for a, b in zip(i.tolist(), ref_i.tolist())]).mean())
         tk = bench_ms(lambda: rt.retrieval_topk_triton(u, items, k))
+        tk_g = bench_ms(lambda: rt.retrieval_topk_triton(u, items, k, check_overflow=False), graph=True)
         tr = bench_ms(lambda: rt.retrieval_topk_reference(u, items, k))
         tr_g = bench_ms(lambda: rt.retrieval_topk_reference(u, items, k), graph=True)
+        thr, S = rt._sample_threshold(u, items, k, 16384)
+        cap = stats["cap"]
+        parts = {"sample_threshold_ms": bench_ms(lambda: rt._sample_threshold(u, items, k, 16384), graph=True),
+                 "filter_kernel_ms": bench_ms(lambda: rt._filter(u, items, k, thr, cap), graph=True)}
+        _, cs, _ = rt._filter(u, items, k, thr, cap)
+        parts["select_topk_ms"] = bench_ms(lambda: torch.topk(cs, k, dim=1), graph=True)
+        parts["gemm_only_ms"] = bench_ms(lambda: u @ items.T, graph=True)
+        sc = u @ items.T
+        parts["ref_topk_only_ms"] = bench_ms(lambda: torch.topk(sc, k, dim=1), graph=True)
+        del sc
         rows.append({"card": CARD, "B": B, "N": N, "D": D, "k": k, "stats": stats, "max_score_err": err,
                      "idx_overlap_vs_fp32_ref": overlap, "fused_ms_eager": tk, "ref_ms_eager": tr,
-                     "ref_ms_graph": tr_g, "speedup_eager": tr / tk})
+                     "fused_ms_graph_nocheck": tk_g, "ref_ms_graph": tr_g, "speedup_eager": tr / tk,
+                     "speedup_graph": (tr_g / tk_g) if tk_g else None, "parts": parts})
         log(f"  {rows[-1]}")
         del items
         torch.cuda.empty_cache()
@@ -306,20 +327,24 @@ def sec_silu_linear(build_wait_s=240):
         b = torch.randn(N, device="cuda", dtype=torch.bfloat16)
         ref = sl.silu_linear_reference(x.float(), w.float(), b.float())
         row = {"card": CARD, "M": M, "N": N, "K": K}
-        for var in (0, 1):
+        for var in range(sl.num_variants(torch.bfloat16)):
             o = torch.full((M, N), float("nan"), device="cuda", dtype=torch.bfloat16)
             sl.silu_linear_cutlass(x, w, b, variant=var, out=o)
             row[f"v{var}_rel_err"] = rel_err(o, ref)
             row[f"v{var}_ms_graph"] = bench_ms(lambda: sl.silu_linear_cutlass(x, w, b, variant=var), graph=True)
             row[f"v{var}_ms_eager"] = bench_ms(lambda: sl.silu_linear_cutlass(x, w, b, variant=var))
+        row["dispatch_variant"] = sl.pick_variant(M, N, K, torch.bfloat16)
+        row["dispatch_ms_graph"] = bench_ms(lambda: sl.silu_linear(x, w, b), graph=True)
         row["torch_linear_silu_ms_graph"] = bench_ms(lambda: F.silu(F.linear(x, w, b)), graph=True)
         row["torch_linear_silu_ms_eager"] = bench_ms(lambda: F.silu(F.linear(x, w, b)))
         row["torch_matmul_only_ms_graph"] = bench_ms(lambda: torch.matmul(x, w.T), graph=True)
         row["torch_sep_bias_silu_ms_graph"] = bench_ms(lambda: F.silu(torch.matmul(x, w.T) + b), graph=True)
-        best = min(row["v0_ms_graph"], row["v1_ms_graph"])
+        nv = sl.num_variants(torch.bfloat16)
+        best = min(row[f"v{v}_ms_graph"] for v in range(nv))
+        row["best_variant"] = min(range(nv), key=lambda v: row[f"v{v}_ms_graph"])
         row["speedup_vs_linear_silu_graph"] = row["torch_linear_silu_ms_graph"] / best
         row["speedup_vs_matmul_sep_graph"] = row["torch_sep_bias_silu_ms_graph"] / best
-        row["speedup_vs_linear_silu_eager"] = row["torch_linear_silu_ms_eager"] / min(row["v0_ms_eager"], row["v1_ms_eager"])
+        row["speedup_vs_linear_silu_eager"] = row["torch_linear_silu_ms_eager"] / min(row[f"v{v}_ms_eager"] for v in range(nv))
         row["cutlass_TFLOPs"] = 2 * M * N * K / best / 1e9
         rows.append(row)
         log(f"  {row}")
@@ -536,7 +561,7 @@ def summary(path):
              f"cpu={c.get('bucket_mismatch_vs_torch_cpu')}")
     for r in s.get("attention", {}).get("targets", []):
         L.append(f"attn B={r['B']} N={r['N']} H={r['H']} d={r['d']}: triton {r['triton_best_ms_graph']*1e3:.1f}us graph "
-                 f"(cfg {r['best_cfg']}), {r['triton_best_ms_eager']*1e3:.1f}us eager; padded nobias "
+                 f"(cfg {r['best_cfg']}), {r['triton_best_ms_eager']*1e3:.1f}us eager, exact-silu {r['triton_best_exact_silu_ms_graph']*1e3:.1f}us; padded nobias "
                  f"{r['padded_nobias_ms_graph']*1e3:.0f}us graph -> x{r['speedup_vs_padded_nobias_graph']:.1f}; "
                  f"padded+bias {r['padded_bias_ms_graph']*1e3:.0f}us -> x{r['speedup_vs_padded_bias_graph']:.1f}; "
                  f"eager ratios x{r['speedup_vs_padded_nobias_eager']:.1f}/x{r['speedup_vs_padded_bias_eager']:.1f} "
@@ -546,13 +571,15 @@ def summary(path):
                  f"{r['triton_GBps']:.0f} GB/s) err {r['rel_err']:.1e}")
     for r in s.get("retrieval_topk", {}).get("rows", []):
         L.append(f"topk B={r['B']} N={r['N']} k={r['k']}: fused {r['fused_ms_eager']:.3f}ms ref {r['ref_ms_eager']:.3f}ms "
-                 f"x{r['speedup_eager']:.1f} overlap {r['idx_overlap_vs_fp32_ref']:.3f} {r['stats']}")
+                 f"x{r['speedup_eager']:.1f}; graph (no overflow check) {r['fused_ms_graph_nocheck']} vs {r['ref_ms_graph']:.3f}ms; "
+                 f"overlap {r['idx_overlap_vs_fp32_ref']:.3f} {r['stats']} parts {r['parts']}")
     sll = s.get("silu_linear", {})
     L.append(f"silu_linear available={sll.get('available')} host us/call cutlass={sll.get('host_us_per_call_cutlass')} "
              f"torch={sll.get('host_us_per_call_torch')}")
     for r in sll.get("rows", []) or []:
-        L.append(f"  {r['M']}x{r['N']}x{r['K']}: v0 {r['v0_ms_graph']*1e3:.1f}us v1 {r['v1_ms_graph']*1e3:.1f}us "
-                 f"torch linear+silu {r['torch_linear_silu_ms_graph']*1e3:.1f}us -> x{r['speedup_vs_linear_silu_graph']:.2f} "
+        vs = " ".join(f"v{v} {r[f'v{v}_ms_graph']*1e3:.1f}us" for v in range(4) if f"v{v}_ms_graph" in r)
+        L.append(f"  {r['M']}x{r['N']}x{r['K']}: {vs} "
+                 f"dispatch(v{r['dispatch_variant']}) {r['dispatch_ms_graph']*1e3:.1f}us torch linear+silu {r['torch_linear_silu_ms_graph']*1e3:.1f}us -> x{r['speedup_vs_linear_silu_graph']:.2f} "
                  f"(vs matmul+bias+silu x{r['speedup_vs_matmul_sep_graph']:.2f}); err {r['v0_rel_err']:.1e}")
     for r in s.get("encoder", {}).get("rows", []) or []:
         L.append(f"encoder B={r['B']} S={r['seq']} T={r['T']}: eager padded {r['eager_padded_ms_wall']:.2f}ms, "

@@ -168,6 +168,7 @@ def bucket_thresholds(num_time_buckets: int, device) -> torch.Tensor:
 
 
 _THR_CACHE: dict = {}
+LAST_COMPILED = None  # diagnostics: the last launched compiled kernel (n_regs, n_spills)
 _LOG2_SCALE = math.log(2.0) / TIME_BUCKET_DIV
 
 
@@ -178,11 +179,12 @@ if _HAVE_TRITON:
         """bucket(dt) for int64 second differences: fast log2, then an exact +-1 correction
         against the threshold table (equal to time_bucket() on the same device)."""
         x = tl.maximum(tl.abs(dt).to(tl.float32), 1.0)
-        b = tl.floor(tl.log2(x) * log2_scale).to(tl.int32)
-        b = tl.minimum(tl.maximum(b, 0), num_tb - 1)
-        lo = tl.load(Thr + b)
-        hi = tl.load(Thr + b + 1)
-        b = b + (x >= hi).to(tl.int32) - (x < lo).to(tl.int32)
+        f = tl.log2(x) * log2_scale
+        b = tl.floor(f)
+        up = (f - b) >= 0.5                       # nearer the upper boundary: check thr[b+1]
+        b = tl.minimum(tl.maximum(b.to(tl.int32), 0), num_tb - 1)
+        t = tl.load(Thr + b + up.to(tl.int32))    # one gather; the approximation error of f
+        b = tl.where(up, b + (x >= t).to(tl.int32), b - (x < t).to(tl.int32))  # is << 0.5
         return tl.minimum(tl.maximum(b, 0), num_tb - 1)
 
     @triton.jit
@@ -201,6 +203,33 @@ if _HAVE_TRITON:
         return x * (0.5 * t + 0.5)
 
     @triton.jit
+    def _load_kv(K, V, TS, j0, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh,
+                 QK_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+        cols = j0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < k_hi
+        cols_c = tl.minimum(cols, T - 1)
+        c64 = cols_c.to(tl.int64)
+        kb = tl.load(K + hh[:, None, None] * stride_kh + c64[None, :, None] * stride_kt + dq[None, None, :],
+                     mask=h_ok[:, None, None] & col_ok[None, :, None] & (dq[None, None, :] < QK_DIM),
+                     other=0.0)                                                  # (HP, BN, DQ)
+        vt = tl.load(V + hh[:, None, None] * stride_vh + c64[None, :, None] * stride_vt + dv[None, None, :],
+                     mask=h_ok[:, None, None] & col_ok[None, :, None] & (dv[None, None, :] < V_DIM),
+                     other=0.0)                                                  # (HP, BN, DV)
+        ts_k = tl.load(TS + cols_c)
+        return kb, vt, ts_k
+
+    @triton.jit
+    def _tile_bias(rows, j0, ts_q, ts_k, PosW, TimeW, Thr, max_pos, num_tb, log2_scale,
+                   BLOCK_N: tl.constexpr):
+        """(BM, BN) relative bias of one tile, shared by all heads: position + log-bucketed time."""
+        cols = j0 + tl.arange(0, BLOCK_N)
+        rel = rows[:, None] - cols[None, :]
+        pidx = tl.minimum(tl.maximum(rel, 0), max_pos - 1)
+        bias = tl.load(PosW + pidx).to(tl.float32)
+        bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
+        return bias + tl.load(TimeW + bkt).to(tl.float32)
+
+    @triton.jit
     def _hstu_attn_fwd(
         Q, K, V, Out, Offsets, TS, PosW, TimeW, Thr,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -208,7 +237,7 @@ if _HAVE_TRITON:
         H: tl.constexpr, HP: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
         BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        IEEE: tl.constexpr, FAST_SILU: tl.constexpr,
+        IEEE: tl.constexpr, FAST_SILU: tl.constexpr, PREFETCH: tl.constexpr,
     ):
         # One program = BLOCK_M consecutive tokens of the flattened jagged batch, ALL heads
         # (the relative bias is computed once per tile and shared by the heads; the two
@@ -246,39 +275,59 @@ if _HAVE_TRITON:
         ts_q = tl.load(TS + rows_c)
         acc = tl.zeros([HP, BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
-        for j0 in range(k_lo, k_hi, BLOCK_N):
-            cols = j0 + tl.arange(0, BLOCK_N)
-            col_ok = cols < k_hi
-            cols_c = tl.minimum(cols, T - 1)
-            c64 = cols_c.to(tl.int64)
-            kt = tl.load(K + hh[:, None, None] * stride_kh + c64[None, None, :] * stride_kt + dq[None, :, None],
-                         mask=h_ok[:, None, None] & col_ok[None, None, :] & (dq[None, :, None] < QK_DIM),
-                         other=0.0)                                              # (HP, DQ, BN)
-            vt = tl.load(V + hh[:, None, None] * stride_vh + c64[None, :, None] * stride_vt + dv[None, None, :],
-                         mask=h_ok[:, None, None] & col_ok[None, :, None] & (dv[None, None, :] < V_DIM),
-                         other=0.0)                                              # (HP, BN, DV)
-            # relative bias, once for all heads: position + log-bucketed time
-            rel = rows[:, None] - cols[None, :]
-            vis = (cols[None, :] >= start[:, None]) & (rel >= 0) & row_ok[:, None]
-            pidx = tl.minimum(tl.maximum(rel, 0), max_pos - 1)
-            bias = tl.load(PosW + pidx).to(tl.float32)
-            ts_k = tl.load(TS + cols_c)
-            bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
-            bias += tl.load(TimeW + bkt).to(tl.float32)
-            if IEEE:
-                s = tl.dot(q, kt, input_precision="ieee")
-            else:
-                s = tl.dot(q, kt)
-            s = s + bias[None, :, :]
-            if FAST_SILU:
-                a = _fast_silu(s) * inv_n
-            else:
-                a = s * tl.sigmoid(s) * inv_n
-            a = tl.where(vis[None, :, :], a, 0.0)
-            if IEEE:
-                acc = tl.dot(a, vt, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a.to(vt.dtype), vt, acc)
+        if PREFETCH:
+            # Software pipelining by hand (Triton does not pipeline this loop): the K/V/ts loads
+            # of tile t+1 are issued before tile t's matmuls, and tile t+1's bias (the gather
+            # chain) is computed after them, so both latencies overlap the tensor-core work.
+            kb, vt, ts_k = _load_kv(K, V, TS, k_lo, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
+                                    stride_vt, stride_vh, QK_DIM, V_DIM, BLOCK_N)
+            bias = _tile_bias(rows, k_lo, ts_q, ts_k, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
+            for j0 in range(k_lo, k_hi, BLOCK_N):
+                jn = j0 + BLOCK_N
+                kb_n, vt_n, ts_k_n = _load_kv(K, V, TS, jn, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
+                                              stride_vt, stride_vh, QK_DIM, V_DIM, BLOCK_N)
+                cols = j0 + tl.arange(0, BLOCK_N)
+                vis = (cols[None, :] >= start[:, None]) & (cols[None, :] <= rows[:, None]) & row_ok[:, None]
+                kt = tl.permute(kb, (0, 2, 1))                                      # (HP, DQ, BN)
+                if IEEE:
+                    s = tl.dot(q, kt, input_precision="ieee")
+                else:
+                    s = tl.dot(q, kt)
+                s = s + bias[None, :, :]
+                if FAST_SILU:
+                    a = _fast_silu(s) * inv_n
+                else:
+                    a = s * tl.sigmoid(s) * inv_n
+                a = tl.where(vis[None, :, :], a, 0.0)
+                if IEEE:
+                    acc = tl.dot(a, vt, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a.to(vt.dtype), vt, acc)
+                bias = _tile_bias(rows, jn, ts_q, ts_k_n, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
+                kb = kb_n
+                vt = vt_n
+        else:
+            for j0 in range(k_lo, k_hi, BLOCK_N):
+                kb, vt, ts_k = _load_kv(K, V, TS, j0, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
+                                        stride_vt, stride_vh, QK_DIM, V_DIM, BLOCK_N)
+                bias = _tile_bias(rows, j0, ts_q, ts_k, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
+                cols = j0 + tl.arange(0, BLOCK_N)
+                vis = (cols[None, :] >= start[:, None]) & (cols[None, :] <= rows[:, None]) & row_ok[:, None]
+                kt = tl.permute(kb, (0, 2, 1))                                      # (HP, DQ, BN)
+                if IEEE:
+                    s = tl.dot(q, kt, input_precision="ieee")
+                else:
+                    s = tl.dot(q, kt)
+                s = s + bias[None, :, :]
+                if FAST_SILU:
+                    a = _fast_silu(s) * inv_n
+                else:
+                    a = s * tl.sigmoid(s) * inv_n
+                a = tl.where(vis[None, :, :], a, 0.0)
+                if IEEE:
+                    acc = tl.dot(a, vt, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a.to(vt.dtype), vt, acc)
 
         tl.store(Out + hh[:, None, None] * stride_oh + r64[None, :, None] * stride_ot + dv[None, None, :],
                  acc.to(Out.dtype.element_ty),
@@ -300,19 +349,22 @@ def time_bucket_triton(dt: torch.Tensor, num_time_buckets: int) -> torch.Tensor:
 def default_config(T: int, H: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:
     """Block sizes picked from the GPU sweep in bench/kernels_bench.py (docs/perf.md)."""
     if _dispatch.interpreting():
-        return dict(block_m=16, block_n=16, num_warps=4, num_stages=1)
+        return dict(block_m=16, block_n=16, num_warps=4, num_stages=1, prefetch=False)
+    # Small tiles win: the per-pair bias work (3 gathers, log2, masks, SiLU per head) is the
+    # cost, and larger tiles spill registers; the hand-prefetched loop variant was slower
+    # (runs 2-3 sweeps on H100, docs/perf.md).
     hp = triton.next_power_of_2(H)
-    d = max(qk_dim, v_dim)
-    if dtype == torch.float32 or d > 64 or hp >= 4:
-        return dict(block_m=32, block_n=32, num_warps=4, num_stages=2)
-    return dict(block_m=32, block_n=32, num_warps=4, num_stages=2)
+    if hp >= 4 or max(qk_dim, v_dim) > 64:
+        return dict(block_m=16, block_n=32, num_warps=4, num_stages=2, prefetch=False)
+    return dict(block_m=16, block_n=16, num_warps=2, num_stages=2, prefetch=False)
 
 
 def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
                           num_time_buckets: int, max_seq_len: int | None = None, *,
                           block_m: int | None = None,
                           block_n: int | None = None, num_warps: int | None = None,
-                          num_stages: int | None = None, fast_silu: bool = True) -> torch.Tensor:
+                          num_stages: int | None = None, fast_silu: bool = True,
+                          prefetch: bool | None = None) -> torch.Tensor:
     """The fused Triton kernel.  Grid = ceil(T / BLOCK_M) programs, each doing every head of
     its BLOCK_M tokens: work scales with the total number of tokens T, never with
     B x max_len; no padding, no host sync.  ``fast_silu`` (bf16/fp16 only) evaluates the
@@ -340,7 +392,8 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     thr = bucket_thresholds(num_time_buckets, q.device)
     interp = _dispatch.interpreting()
     grid = (triton.cdiv(T, bm),)
-    _hstu_attn_fwd[grid](
+    global LAST_COMPILED
+    LAST_COMPILED = _hstu_attn_fwd[grid](
         q, k, v, out, offsets, ts_s, pos_w, time_w, thr,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
@@ -351,6 +404,7 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
         BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
         FAST_SILU=(q.dtype != torch.float32 and not interp and fast_silu),
+        PREFETCH=prefetch if prefetch is not None else cfg.get("prefetch", True),
         num_warps=nw, num_stages=ns,
     )
     return out

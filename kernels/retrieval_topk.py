@@ -67,8 +67,9 @@ if _HAVE_TRITON:
         for n0 in range(n_start, n_end, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             cmask = cols < n_end
-            it = tl.load(I + cols[None, :].to(tl.int64) * stride_i + d[:, None],
-                         mask=cmask[None, :] & dmask[:, None], other=0.0)
+            itr = tl.load(I + cols[:, None].to(tl.int64) * stride_i + d[None, :],
+                          mask=cmask[:, None] & dmask[None, :], other=0.0)   # (BN, D): row loads
+            it = tl.trans(itr)
             if IEEE:
                 s = tl.dot(u, it, input_precision="ieee")
             else:
@@ -88,7 +89,8 @@ if _HAVE_TRITON:
 
 def _sample_threshold(user_emb, items, k, sample_size):
     N = items.shape[0]
-    S = min(N, max(sample_size, 4 * k))
+    # the sample's top-k costs ~B*S; the candidates ~B*k*N/S: S ~ N/32 balances them
+    S = min(N, max(4 * k, min(sample_size, max(4096, N // 32))))
     stride = max(1, N // S)
     sample = items[::stride][:S].float()
     sc = user_emb.float() @ sample.T                               # (B, S), small

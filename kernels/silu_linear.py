@@ -40,6 +40,27 @@ from . import _dispatch
 _SRC = Path(__file__).resolve().parent / "csrc" / "silu_linear_sm90.cu"
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _lock = threading.Lock()
+_ABI = 2
+
+
+def num_variants(dtype: torch.dtype) -> int:
+    """How many tile/schedule variants the library has for this dtype (see the .cu file)."""
+    lib, why = _load()
+    if lib is None:
+        return 0
+    return int(lib.streamrec_silu_linear_num_variants(_DTYPE_CODE[dtype]))
+
+
+def pick_variant(M: int, N: int, K: int, dtype: torch.dtype) -> int:
+    """Tile/schedule choice from the GPU sweep (run 2, H100, docs/perf.md): 128x128 cooperative
+    for small M, 128x128 ping-pong for K >= 512, 256x128 cooperative otherwise."""
+    if dtype != torch.bfloat16:
+        return 1 if M > 1024 else 0
+    if M <= 1024:
+        return 0
+    if K >= 512:
+        return 1
+    return 3
 
 
 def silu_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -121,6 +142,11 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
             [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
         lib.streamrec_silu_linear_workspace.restype = ctypes.c_size_t
         lib.streamrec_silu_linear_workspace.argtypes = [ctypes.c_int] * 5
+        lib.streamrec_silu_linear_abi_version.restype = ctypes.c_int
+        if lib.streamrec_silu_linear_abi_version() != _ABI:
+            raise RuntimeError(f"{lib_path} is ABI {lib.streamrec_silu_linear_abi_version()}, expected {_ABI}")
+        lib.streamrec_silu_linear_num_variants.restype = ctypes.c_int
+        lib.streamrec_silu_linear_num_variants.argtypes = [ctypes.c_int]
         return lib, f"CUTLASS sm_90a library {lib_path.name}"
     except Exception as exc:
         return None, f"CUTLASS library unavailable: {exc}"
@@ -180,7 +206,7 @@ def silu_linear_cutlass(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
             raise ValueError("silu_linear_cutlass: operands must be 16-byte aligned")
     code = _DTYPE_CODE[x.dtype]
     if variant is None:
-        variant = 0 if M >= 4096 else 1
+        variant = pick_variant(M, N, K, x.dtype)
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     wkey = (dev, code, variant, M, N, K)
     ws = _ws_cache.get(wkey)
@@ -222,4 +248,5 @@ def silu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     return silu_linear_reference(x, weight, bias)
 
 
-__all__ = ["silu_linear", "silu_linear_reference", "silu_linear_cutlass", "available", "build_library"]
+__all__ = ["silu_linear", "silu_linear_reference", "silu_linear_cutlass", "available", "build_library",
+           "num_variants", "pick_variant"]

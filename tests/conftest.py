@@ -90,3 +90,14 @@ def span_exporter():
 @pytest.fixture(autouse=True)
 def _tracing(span_exporter):
     yield
+
+
+@pytest.fixture
+def reaper():
+    """Processes a test starts; any still running at teardown is killed (a failed assertion leaves none)."""
+    procs: list = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)

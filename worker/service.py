@@ -13,7 +13,9 @@ shutdown are written down in docs/delivery.md; this module is that document in c
   so a retry or a redelivery changes nothing twice.
 * On revocation the rebalance listener takes the batch lock (so the in-flight batch finishes and
   commits, or is abandoned uncommitted if it is stuck retrying), drops buffered records of revoked
-  partitions and bumps the fetch generation, so a fetch that spanned the rebalance is discarded.
+  partitions and bumps the generation, so a batch taken from the buffer before the revocation is
+  dropped too. Records that ``getmany`` returns are never dropped: aiokafka returns only records of
+  the current assignment and has already moved the position past them (dropping them loses them).
   Nothing uncommitted is lost: the partition's next owner starts from the committed offset.
 * SIGTERM/SIGINT: stop fetching, finish the current batch, publish, commit, leave the group, exit 0.
 """
@@ -163,10 +165,11 @@ class Worker:
                 self.consumer.resume(*assignment)
                 paused = False
                 m.PAUSED.set(0)
-            generation = self._generation
             data = await self.consumer.getmany(timeout_ms=100, max_records=self.s.max_batch_events)
-            if generation != self._generation:
-                continue  # a rebalance happened during the fetch: these records will be redelivered
+            # getmany only returns records of the assignment current at its return (aiokafka checks), and
+            # the position has moved past them: never drop them here. Tag them with the generation of
+            # that assignment, so a batch taken before a later revocation is recognised as stale.
+            generation = self._generation
             for tp, records in data.items():
                 m.EVENTS_IN.labels(tp.topic).inc(len(records))
                 self.buffer.put_many(_Fetched(generation, r) for r in records)
@@ -242,6 +245,12 @@ class Worker:
         self.ready = True
         m.READY.set(1)
         self.batches_done += 1
+        if log.isEnabledFor(logging.DEBUG):
+            spans: dict[str, list[int]] = {}
+            for r in records:
+                lo_hi = spans.setdefault(f"{r.topic}:{r.partition}", [r.offset, r.offset])
+                lo_hi[0], lo_hi[1] = min(lo_hi[0], r.offset), max(lo_hi[1], r.offset)
+            log.debug("batch done", extra={"offsets": spans, "generation": self._generation})
         m.BATCH_SIZE.observe(len(records))
         m.STAGE_LATENCY.labels("batch").observe(time.perf_counter() - t0)
 

@@ -8,8 +8,9 @@ inputs and the output are bound to torch CUDA tensors with IOBinding (no host ro
 
 The session runs the padded graph of :mod:`pipeline.encoders.onnx_export`; the jagged batch
 is right-padded to its max length first (:func:`jagged_to_padded`).
-``dtype`` picks the export (fp32 | fp16 | bf16); ``quant="int8"`` the dynamically quantised
-fp32 export (:mod:`pipeline.encoders.quantize`, CPU).
+``dtype`` picks the export (fp32 | fp16 | bf16; default env ``STREAMREC_ENCODER_DTYPE`` or fp32);
+``quant="int8"`` (default env ``STREAMREC_ORT_QUANT``) the dynamically quantised fp32 export
+(:mod:`pipeline.encoders.quantize`, CPU).
 """
 from __future__ import annotations
 
@@ -43,12 +44,14 @@ def default_providers(device: torch.device) -> list[str]:
 class OrtBackend(EncoderBackend):
     name = "onnxruntime"
 
-    def __init__(self, bundle, device="cpu", *, dtype: str = "fp32", quant: str | None = None,
+    def __init__(self, bundle, device="cpu", *, dtype: str | None = None, quant: str | None = None,
                  providers: list[str] | None = None, threads: int | None = None,
                  export_if_missing: bool = True, io_binding: bool | None = None, **options) -> None:
         super().__init__(bundle, device, **options)
         import onnxruntime as ort
 
+        dtype = dtype or os.environ.get("STREAMREC_ENCODER_DTYPE") or "fp32"
+        quant = quant or os.environ.get("STREAMREC_ORT_QUANT") or None
         if quant not in (None, "int8"):
             raise ValueError(f"quant must be None or 'int8', got {quant!r}")
         if quant and dtype != "fp32":

@@ -62,9 +62,9 @@ def seq_buckets(max_seq_len: int, bounds=DEFAULT_BUCKETS) -> list[tuple[int, int
 class TensorRTBackend(EncoderBackend):
     name = "tensorrt"
 
-    def __init__(self, bundle, device="cuda", *, dtype: str = "fp32", max_batch: int = 512, opt_batch: int = 64,
+    def __init__(self, bundle, device="cuda", *, dtype: str | None = None, max_batch: int = 512, opt_batch: int = 64,
                  buckets=DEFAULT_BUCKETS, workspace_mb: int = 1024, export_if_missing: bool = True,
-                 cache_dir: str | os.PathLike | None = None, **options) -> None:
+                 cache_dir: str | os.PathLike | None = None, tf32: bool = False, **options) -> None:
         super().__init__(bundle, device, **options)
         ok, why = self.available(self.device)
         if not ok:
@@ -73,11 +73,13 @@ class TensorRTBackend(EncoderBackend):
         self.trt = trt
         if self.device.type != "cuda":
             raise BackendUnavailable("TensorRT needs a CUDA device")
+        dtype = dtype or os.environ.get("STREAMREC_ENCODER_DTYPE") or "fp32"
         try:
             self.export = ensure_export(bundle, dtype, export_if_missing=export_if_missing)
         except ExportError as e:
             raise BackendUnavailable(str(e)) from e
         self.dtype = dtype
+        self.tf32 = bool(tf32)
         self.max_batch = int(max_batch)
         self.buckets = seq_buckets(bundle.config.max_seq_len, buckets)
         self.opt_batch = max(1, min(int(opt_batch), self.max_batch))
@@ -120,6 +122,7 @@ class TensorRTBackend(EncoderBackend):
             "tensorrt": trt.__version__,
             "gpu": f"{props.name} sm{props.major}{props.minor}",
             "profiles": [self.buckets, self.opt_batch, self.max_batch],
+            "tf32": self.tf32,
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
@@ -172,6 +175,10 @@ class TensorRTBackend(EncoderBackend):
             raise BackendUnavailable(f"TensorRT cannot parse {self.export.path}: {errs}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+        tf32_flag = getattr(trt.BuilderFlag, "TF32", None)
+        if tf32_flag is not None and not self.tf32:
+            # fp32 parity (<= 1e-4) needs true fp32 GEMMs; TF32 is on by default on Ampere+
+            config.clear_flag(tf32_flag)
         for lo, hi in self.buckets:
             profile = builder.create_optimization_profile()
             for name in INPUT_NAMES[:3]:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from pipeline.hstu import HSTUConfig
 
-__all__ = ["random_jagged", "random_lengths"]
+__all__ = ["random_jagged", "random_lengths", "make_model_dir", "shared_exported_model_dir"]
 
 
 def random_lengths(B: int, max_len: int, seed: int = 0, include_extremes: bool = True) -> list[int]:
@@ -42,3 +42,63 @@ def random_jagged(cfg: HSTUConfig, lengths: Sequence[int], seed: int = 0,
         ts[s:s + n] = start + torch.cumsum(gaps[s:s + n], 0) - gaps[s]
         offsets.append(s + n)
     return item, action, ts, torch.tensor(offsets, dtype=torch.long)
+
+
+def make_model_dir(out, *, seed: int = 0, num_items: int = 60, dim: int = 32, num_layers: int = 2,
+                   max_seq_len: int = 40, num_heads: int = 2, qk_dim: int = 16, v_dim: int = 16):
+    """A small verified model directory with random weights, incl. non-zero relative-bias tables
+    (they are initialised to 0, which would hide a wrong rab in a parity test). Returns its path."""
+    from pathlib import Path
+
+    from pipeline.hstu import HSTUEncoder
+    from pipeline.model_dir import save_model_dir
+
+    torch.manual_seed(seed)
+    cfg = HSTUConfig(num_items=num_items, dim=dim, num_layers=num_layers, num_heads=num_heads, qk_dim=qk_dim,
+                     v_dim=v_dim, max_seq_len=max_seq_len, attn_n=max_seq_len, num_time_buckets=64)
+    enc = HSTUEncoder(cfg)
+    with torch.no_grad():
+        for layer in enc.layers:
+            layer.pos_w.normal_(0, 0.5)
+            layer.time_w.normal_(0, 0.5)
+        enc.item_emb.weight.normal_(0, 0.5)
+    items = [f"it{n:04d}" for n in range(num_items)]
+    out = Path(out)
+    save_model_dir(out, enc, items, {"note": "random weights, encoder backend tests"})
+    return out
+
+
+_SHARED: dict = {}
+
+
+def shared_exported_model_dir(int8: bool = True):
+    """One small model directory per process with its fp32 (and INT8) export, for tests.
+
+    Built on first use under a temp dir (an export costs seconds; several test modules share
+    it). Treat it as read-only: copy it (shutil.copytree) before changing anything.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.encoders.onnx_export import ensure_export
+    from pipeline.model_dir import load_model_dir
+
+    key = "int8" if int8 else "fp32"
+    if key not in _SHARED:
+        if "dir" not in _SHARED:
+            root = Path(tempfile.mkdtemp(prefix="streamrec-enc-test-"))
+            import atexit
+
+            atexit.register(shutil.rmtree, root, True)
+            d = make_model_dir(root / "model", seed=2, max_seq_len=64)
+            ensure_export(load_model_dir(d), "fp32")
+            _SHARED["dir"] = d
+        d = _SHARED["dir"]
+        if int8:
+            from pipeline.encoders.onnx_export import find_export
+            from pipeline.encoders.quantize import ensure_quantized
+
+            ensure_quantized(load_model_dir(d), find_export(d, "fp32"))
+        _SHARED[key] = d
+    return _SHARED[key]

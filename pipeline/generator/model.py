@@ -63,13 +63,13 @@ SPECIALS = ("<pad>", "<bos>", "<unk>", "<eos>")
 class GeneratorConfig:
     num_items: int
     hstu_dim: int
-    hidden_size: int = 128
-    intermediate_size: int = 256
+    hidden_size: int = 64
+    intermediate_size: int = 192
     num_hidden_layers: int = 2
     num_attention_heads: int = 2
     num_key_value_heads: int = 2
     soft_prompt_len: int = 4  # P
-    recent_len: int = 20  # R
+    recent_len: int = 12  # R
     max_slate: int = 64  # longest slate the position table allows
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
@@ -272,8 +272,9 @@ class LlamaDecoder(nn.Module):
         return self.model.embed_tokens(token_ids)
 
     def forward(self, inputs_embeds: Tensor, cache: list[tuple[Tensor, Tensor]] | None = None, start: int = 0,
-                last_only: bool = False) -> Tensor:
-        """Logits (B, T, V) — or (B, V) with ``last_only`` — for positions start..start+T-1."""
+                last_only: bool = False, last_n: int | None = None) -> Tensor:
+        """Logits (B, T, V) for positions start..start+T-1 — or (B, V) with ``last_only``, or the last
+        ``last_n`` positions (B, last_n, V)."""
         T = inputs_embeds.shape[1]
         if start + T > self.cfg.max_position_embeddings:
             raise ValueError(f"position {start + T} exceeds max_position_embeddings={self.cfg.max_position_embeddings}")
@@ -284,6 +285,8 @@ class LlamaDecoder(nn.Module):
             x = layer(x, cos, sin, None if cache is None else cache[i], start)
         if last_only:
             x = x[:, -1]
+        elif last_n is not None:
+            x = x[:, -last_n:]
         return self.lm_head(self.model.norm(x))
 
     def new_cache(self, batch: int, length: int, dtype=torch.float32, device=None) -> list[tuple[Tensor, Tensor]]:

@@ -40,23 +40,24 @@ __all__ = ["GeneratorTrainConfig", "train_generator", "build_examples", "slate_m
 @dataclass
 class GeneratorTrainConfig:
     seed: int = 0
-    epochs: int = 12
-    batch_size: int = 256
-    lr: float = 3e-3
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 5e-3
     weight_decay: float = 0.01
     slate_len: int = 10  # K used for teacher forcing
     num_candidates: int = 100  # retrieval candidates at validation (as served)
     rank_jitter: float = 4.0
-    hidden_size: int = 128
-    intermediate_size: int = 256
+    hidden_size: int = 64
+    intermediate_size: int = 192
     num_hidden_layers: int = 2
     num_attention_heads: int = 2
     soft_prompt_len: int = 4
-    recent_len: int = 20
-    max_minutes: float = 3.0
+    recent_len: int = 12
+    max_minutes: float = 6.0
     patience: int = 3
     valid_users: int = 1000  # validation subset for early stopping
     threads: int | None = None
+    warm_start: bool = True
 
     @classmethod
     def quick(cls, **overrides: Any) -> "GeneratorTrainConfig":
@@ -164,6 +165,20 @@ def _eval_cases(bundle, model: GeneratorModel, cases, k: int, num_candidates: in
     return {"generator": slate_metrics(g_sl, tg, k), "retrieval": slate_metrics(r_sl, tg, k)}
 
 
+@torch.no_grad()
+def _warm_start(model: GeneratorModel, bundle) -> None:
+    """Start from what HSTU already knows (when hidden_size == HSTU dim): item token embeddings and
+    output rows = HSTU's L2-normalised item vectors (output rows x2, the scale of a 0.05-temperature
+    softmax over cosines after RMSNorm), and the first soft-prompt vector = the user embedding."""
+    c = model.cfg
+    if c.hidden_size != bundle.config.dim:
+        return
+    table = bundle.encoder.item_table().detach().float()
+    model.decoder.model.embed_tokens.weight[: c.num_items] = table
+    model.decoder.lm_head.weight[: c.num_items] = 2.0 * table
+    model.prompt.proj.weight[: c.hidden_size] = torch.eye(c.hidden_size)
+
+
 def train_generator(model_dir: Path | str, data: str | dict | None = None, cfg: GeneratorTrainConfig | None = None,
                     progress: bool = False, dataset=None) -> dict:
     """Train the generator on the dataset the HSTU model in ``model_dir`` was trained on (or ``data``),
@@ -202,6 +217,8 @@ def train_generator(model_dir: Path | str, data: str | dict | None = None, cfg: 
     valid_cases = valid_cases[: cfg.valid_users]
 
     model = GeneratorModel(gcfg)
+    if cfg.warm_start:
+        _warm_start(model, bundle)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     steps_total = cfg.epochs * ((M + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps_total, 1), pct_start=0.1)
@@ -224,7 +241,7 @@ def train_generator(model_dir: Path | str, data: str | dict | None = None, cfg: 
             prefix = P[b].gather(1, order)
             pe = model.prompt_embeds(U[b], R[b])
             x = torch.cat([pe, model.decoder.embed(prefix)], dim=1)
-            logits = model.decoder(x)[:, L - 1 :]  # (n, K, V)
+            logits = model.decoder(x, last_n=K)  # positions L-1 .. L+K-2: (n, K, V)
             tgt = T[b][:, None].expand(n, K)
             loss = F.cross_entropy(logits.reshape(n * K, -1), tgt.reshape(-1))
             opt.zero_grad(set_to_none=True)
@@ -232,12 +249,13 @@ def train_generator(model_dir: Path | str, data: str | dict | None = None, cfg: 
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            total += float(loss) * n
+            total += loss.item() * n
             count += n
         model.eval()
         val = _eval_cases(bundle, model, valid_cases, K, cfg.num_candidates)
         rec = {"epoch": epoch, "loss": total / max(count, 1), "valid_ndcg@10": val["generator"][f"ndcg@{K}"],
-               "valid_hr@10": val["generator"][f"hr@{K}"], "valid_retrieval_ndcg@10": val["retrieval"][f"ndcg@{K}"]}
+               "valid_hr@10": val["generator"][f"hr@{K}"], "valid_retrieval_ndcg@10": val["retrieval"][f"ndcg@{K}"],
+               "wall_s": round(time.monotonic() - t0, 1)}
         history.append(rec)
         if progress:
             print(json.dumps(rec), flush=True)

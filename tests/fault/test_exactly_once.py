@@ -45,7 +45,7 @@ def _duplicates(outs) -> tuple[dict, dict[str, int]]:
     return {k: n for k, n in seen.items() if n > 1}, newest
 
 
-async def _scenario(stack, names, model_dir, tmp_path, delivery: str, kills: int) -> tuple[int, dict, dict, dict]:
+async def _scenario(stack, names, model_dir, tmp_path, delivery: str, kills: int, reaper) -> tuple[int, dict, dict, dict]:
     services = stack.services
     await create_topics(services["bootstrap"], names, partitions=3)
     evs, per_user = _events(4000, 150, seed=11)
@@ -56,14 +56,17 @@ async def _scenario(stack, names, model_dir, tmp_path, delivery: str, kills: int
     target = 200
     for _ in range(kills):  # kill -9 mid-stream, then restart
         proc = start_worker_process(env, log)
+        reaper.append(proc)
         await _wait_progress(services, names, target, [proc], log)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         target += 500
     zombie = start_worker_process(env, log)
+    reaper.append(zombie)
     await _wait_progress(services, names, target, [zombie], log)
     zombie.send_signal(signal.SIGSTOP)  # frozen mid-batch: it misses heartbeats and loses its partitions
     other = start_worker_process(env, log)
+    reaper.append(other)
     try:
         await _wait_progress(services, names, target + 500, [other], log)  # the other worker took over
         zombie.send_signal(signal.SIGCONT)  # the zombie wakes up and finishes its stale batch
@@ -84,13 +87,13 @@ async def _scenario(stack, names, model_dir, tmp_path, delivery: str, kills: int
     return len(outs), dups, newest, expected
 
 
-async def test_exactly_once_never_duplicates_across_kill9_and_zombie(stack, names, tiny_model_dir, tmp_path):
-    _, dups, newest, expected = await _scenario(stack, names, tiny_model_dir, tmp_path, "exactly_once", kills=2)
+async def test_exactly_once_never_duplicates_across_kill9_and_zombie(stack, names, tiny_model_dir, tmp_path, reaper):
+    _, dups, newest, expected = await _scenario(stack, names, tiny_model_dir, tmp_path, "exactly_once", 2, reaper)
     assert not dups, f"{len(dups)} input offsets produced two committed recommendations, e.g. {list(dups)[:3]}"
     assert newest == expected
 
 
-async def test_at_least_once_zombie_does_duplicate(stack, names, tiny_model_dir, tmp_path):
-    _, dups, newest, expected = await _scenario(stack, names, tiny_model_dir, tmp_path, "at_least_once", kills=0)
+async def test_at_least_once_zombie_does_duplicate(stack, names, tiny_model_dir, tmp_path, reaper):
+    _, dups, newest, expected = await _scenario(stack, names, tiny_model_dir, tmp_path, "at_least_once", 0, reaper)
     assert dups, "the zombie scenario should publish duplicates without transactions"
     assert newest == expected

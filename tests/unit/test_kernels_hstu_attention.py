@@ -41,9 +41,9 @@ def test_block_sizes_and_short_pos_table(interp):
     lengths = torch.tensor([1, 50, 2, 17, 33, 1])
     a = kt.random_jagged_attention_inputs(6, 50, 2, 16, 16, lengths=lengths, max_seq_len=8, seed=3)
     ref = _ref64(a, ha)
-    for bm, bn in [(16, 16), (32, 16), (16, 32)]:
-        out = ha.hstu_attention_triton(**a, block_m=bm, block_n=bn)
-        assert kt.rel_err(out, ref) < 1e-5, (bm, bn)
+    for bm, bn, pf in [(16, 16, True), (32, 16, True), (16, 32, False), (16, 16, False)]:
+        out = ha.hstu_attention_triton(**a, block_m=bm, block_n=bn, prefetch=pf)
+        assert kt.rel_err(out, ref) < 1e-5, (bm, bn, pf)
 
 
 def test_empty_sequences_and_strided_views(interp):
@@ -123,3 +123,15 @@ def test_matches_pipeline_reference(interp):
     args9 = [a[n] for n in ("q", "k", "v", "offsets", "ts_s", "pos_w", "time_w", "attn_n", "num_time_buckets")]
     theirs = hstu.hstu_attention_reference(*args9)
     assert kt.rel_err(ha.hstu_attention_triton(**a), theirs) < 1e-5
+
+
+def test_timestamps_far_apart(interp):
+    ha = interp
+    # users decades apart in one block, and one user whose own history spans > 2^31 s
+    lengths = torch.tensor([5, 7, 6])
+    a = kt.random_jagged_attention_inputs(3, 7, 2, 8, 8, lengths=lengths, seed=21)
+    ts = a["ts_s"].clone()
+    ts[5:12] -= 1_500_000_000
+    ts[12:] = torch.tensor([0, 10, 2**31, 2**31 + 7, 2**33, 2**33 + 1])
+    a["ts_s"] = ts
+    assert kt.rel_err(ha.hstu_attention_triton(**a), _ref64(a, ha)) < 1e-5

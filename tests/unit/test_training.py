@@ -121,3 +121,18 @@ def test_ml100k_loader_on_a_small_file(tmp_path):
     ]
     assert ds.items == ["10", "20", "30"]
     assert ds.titles == {"10": "Ten (1990)", "20": "Twenty"}
+
+
+def test_long_sequences_are_windowed_so_every_event_is_a_target_once():
+    import numpy as np
+
+    from pipeline.train import _windows
+
+    a = np.arange(12)
+    ws = _windows((a, a, a), 4)
+    assert all(len(w[0]) <= 5 for w in ws)
+    assert ws[-1][0][-1] == 11  # the most recent window ends at the last event
+    targets = [t for w in ws for t in w[0][1:].tolist()]
+    assert sorted(targets) == list(range(1, 12))
+    short = _windows((a[:5], a[:5], a[:5]), 4)
+    assert len(short) == 1 and len(short[0][0]) == 5

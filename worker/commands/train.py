@@ -48,9 +48,9 @@ def register(app: typer.Typer) -> None:
         data_seed: int = typer.Option(0, "--data-seed", help="seed of the synthetic world (keep 0 to match `streamrec produce`'s default traffic)"),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="maximum epochs (default: synthetic 30, ml-100k 200, --quick 10)"),
         quick: bool = typer.Option(False, "--quick", help="tiny model and data (synthetic only): a smoke run in seconds"),
-        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="wall-clock budget for the training loop in minutes (default: synthetic 1.5, ml-100k 5)"),
+        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="wall-clock cap for the training loop in minutes (default: synthetic 4, ml-100k 5); on a busy machine it stops training early, so results then depend on load"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="sequences per mini-batch (default: synthetic 128, ml-100k 64)"),
-        lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default: synthetic 2e-3, ml-100k 1e-3)"),
+        lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default 2e-3)"),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
     ) -> None:

@@ -77,7 +77,22 @@ async def run_worker(s: Settings) -> int:
     from worker.telemetry import setup_tracing
 
     setup_tracing()
-    w = await build_worker(s)
+    server = None
+    holder: list = []  # the worker, once built: /healthz and /readyz answer 503 until then
+    if s.metrics_port:  # bind first: a taken port is a start-up error, not a traceback after joining the group
+        try:
+            server = await serve_http(s.metrics_host, s.metrics_port, lambda: bool(holder) and holder[0].alive,
+                                      lambda: bool(holder) and holder[0].ready)
+        except OSError as e:
+            raise StartupError(f"cannot serve /metrics on {s.metrics_host}:{s.metrics_port}: {e.strerror}. "
+                               "Set STREAMREC_METRICS_PORT to a free port (0 disables it).") from None
+    try:
+        w = await build_worker(s)
+        holder.append(w)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     loop = asyncio.get_running_loop()
     signals_seen = 0
 
@@ -93,9 +108,6 @@ async def run_worker(s: Settings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
-    server = None
-    if s.metrics_port:
-        server = await serve_http(s.metrics_host, s.metrics_port, lambda: w.alive, lambda: w.ready)
     try:
         await w.run()
     finally:
