@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | sha256sum |
 MODEL_DIR ?= models/default
 PYTEST_ARGS ?=
 
-.PHONY: setup up down model demo test test-fast bench clean help
+.PHONY: setup up down model demo test test-fast bench soak clean help
 
 help:
 	@echo "make demo   - services + default model + worker + sample traffic + live recommendations (Ctrl-C stops)"
@@ -16,6 +16,7 @@ help:
 	@echo "make up / make down - start/stop the local Kafka broker and redis-server (infra/local)"
 	@echo "make model  - train the default model into $(MODEL_DIR) if it is missing"
 	@echo "make bench  - worker throughput/latency benchmark (bench/worker_bench.py)"
+	@echo "make soak   - bounded soak: steady load, worker memory and lag over SOAK_MINUTES (bench/soak.py)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (streamrec needs Python 3.11)"; exit 1; }
@@ -45,7 +46,12 @@ test-fast: setup
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 bench: setup up model
-	$(BIN)/python bench/worker_bench.py --model-dir $(MODEL_DIR)
+	$(BIN)/python -m bench.worker_bench --model-dir $(MODEL_DIR)
+
+SOAK_MINUTES ?= 5
+SOAK_RATE ?= 250
+soak: setup up model
+	$(BIN)/python -m bench.soak --model-dir $(MODEL_DIR) --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)
 
 clean:
 	rm -rf .pytest_cache .hypothesis build dist *.egg-info

@@ -1,7 +1,7 @@
 """Worker benchmark on the real broker and Redis: sustained events/s, then p50/p99 end-to-end latency
 at about half that rate. Writes bench/results/worker_<machine>.json and a PNG.
 
-    .venv/bin/python bench/worker_bench.py --model-dir models/default
+    .venv/bin/python -m bench.worker_bench --model-dir models/default [--eos-cost]
 
 Phase 1 (throughput): N events for U users are produced up front; a `streamrec worker` process
 consumes them; the rate is measured between its first and last commit (start-up excluded).
@@ -90,7 +90,8 @@ def start_worker(args, names: dict, log: Path) -> subprocess.Popen:
                STREAMREC_OUTPUT_TOPIC=names["out"], STREAMREC_DLQ_TOPIC=names["dlq"],
                STREAMREC_GROUP_ID=names["group"], STREAMREC_REDIS_PREFIX=names["prefix"],
                STREAMREC_METRICS_PORT="0", STREAMREC_CREATE_TOPICS="false",
-               STREAMREC_MAX_BATCH_EVENTS=str(args.max_batch_events), STREAMREC_MAX_WAIT_MS=str(args.max_wait_ms))
+               STREAMREC_MAX_BATCH_EVENTS=str(args.max_batch_events), STREAMREC_MAX_WAIT_MS=str(args.max_wait_ms),
+               STREAMREC_DELIVERY=names.get("delivery", "at_least_once"))
     return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
@@ -192,6 +193,9 @@ async def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=30)
     ap.add_argument("--warmup-s", type=float, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results")
+    ap.add_argument("--eos-cost", action="store_true",
+                    help="also run the throughput phase in exactly-once mode and report the ratio")
+    ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -202,6 +206,21 @@ async def main() -> None:
              "group": f"bench-{tag}", "prefix": f"bench:{tag}"}
     await create(args.bootstrap, names, args.partitions)
     results["throughput"] = await throughput(args, names, args.out / "worker_bench_tp.log")
+    if args.eos_cost:
+        t3 = uuid.uuid4().hex[:8]
+        names3 = {"in": f"bench-{t3}-in", "out": f"bench-{t3}-out", "dlq": f"bench-{t3}-dlq",
+                  "group": f"bench-{t3}", "prefix": f"bench:{t3}", "delivery": "exactly_once"}
+        await create(args.bootstrap, names3, args.partitions)
+        eos = await throughput(args, names3, args.out / "worker_bench_eos.log")
+        results["throughput_exactly_once"] = {**eos, "ratio_to_at_least_once":
+                                              eos["events_per_s"] / results["throughput"]["events_per_s"]}
+        console.print(f"[bold]exactly-once[/] {eos['events_per_s']:.0f} events/s = "
+                      f"{results['throughput_exactly_once']['ratio_to_at_least_once']:.2f}x at-least-once")
+    if args.skip_latency:
+        stem = args.out / f"worker_{platform.node() or 'host'}"
+        stem.with_suffix(".json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+        console.print(f"throughput {results['throughput']['events_per_s']:.0f} events/s; wrote {stem}.json")
+        return
     rate = results["throughput"]["events_per_s"] * args.latency_fraction
     tag2 = uuid.uuid4().hex[:8]
     names2 = {"in": f"bench-{tag2}-in", "out": f"bench-{tag2}-out", "dlq": f"bench-{tag2}-dlq",

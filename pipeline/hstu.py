@@ -32,6 +32,11 @@ Deliberate differences from the paper / reference code, all small:
   position is a 1-D bias over the distance ``i - j`` rather than a full
   (N, N) Toeplitz parameterisation, which is equivalent for a Toeplitz matrix
   and keeps the table length ``max_seq_len``.
+* The time delta is ``ts_i - ts_j`` of the query and key events themselves. The
+  reference code shifts the query side by one event (``ts_{i+1} - ts_j``, the
+  time of the event being predicted, which a server knows at request time);
+  here the user embedding depends only on events already seen, so a cached
+  embedding stays valid until the next event arrives.
 * No 1/sqrt(d) scaling inside the SiLU, exactly as in equation (2).
 * The LayerNorm on ``AV`` has no affine parameters and eps 1e-6; a final
   LayerNorm is applied to the last layer's output before L2 normalisation.
