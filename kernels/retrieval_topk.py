@@ -36,8 +36,11 @@ except Exception:  # pragma: no cover
     tl = None
     _HAVE_TRITON = False
 
-# Below this many items the fused path does not pay: the reference is a single small GEMM.
-MIN_ITEMS_FOR_KERNEL = 32768
+# The fused path does not beat torch.topk(user @ items.T) yet on any measured shape (H100/H200,
+# B 64..512, N 1e5..1e6: x0.2-0.9, docs/perf.md): the filter kernel runs 5-11x slower than the
+# plain GEMM.  So "auto" takes the reference; impl="triton" (or STREAMREC_KERNELS_RETRIEVAL_TOPK=triton)
+# forces the fused path.  Set a finite item count here once the kernel wins.
+MIN_ITEMS_FOR_KERNEL = float("inf")
 
 
 def retrieval_topk_reference(user_emb: torch.Tensor, items: torch.Tensor, k: int):
@@ -163,8 +166,9 @@ def retrieval_topk_triton(user_emb: torch.Tensor, items: torch.Tensor, k: int, *
 
 
 def retrieval_topk(user_emb: torch.Tensor, items: torch.Tensor, k: int, *, impl: str | None = None):
-    """Dispatcher: the fused Triton path on CUDA for tables of >= MIN_ITEMS_FOR_KERNEL items,
-    torch.topk(user_emb @ items.T) elsewhere and while exporting."""
+    """Dispatcher: torch.topk(user_emb @ items.T) unless the fused Triton path is forced
+    (impl="triton") or the table has >= MIN_ITEMS_FOR_KERNEL items (currently never: it is
+    slower, docs/perf.md); always the reference on CPU and while exporting."""
     want = _dispatch.requested_impl("retrieval_topk", impl)
     if want == "reference":
         return retrieval_topk_reference(user_emb, items, k)

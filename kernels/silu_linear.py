@@ -41,6 +41,9 @@ _SRC = Path(__file__).resolve().parent / "csrc" / "silu_linear_sm90.cu"
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
 _lock = threading.Lock()
 _ABI = 2
+# auto takes CUTLASS only from this many rows: at M=256 cuBLAS F.linear + F.silu won (4.7 vs
+# 5.5 us), at M=6400 CUTLASS won x1.34-1.40 (docs/perf.md); the crossover was not measured.
+MIN_ROWS_FOR_CUTLASS = 4096
 
 
 def num_variants(dtype: torch.dtype) -> int:
@@ -237,6 +240,8 @@ def silu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     ok, why = available()
     if ok:
         ok, why = _supported(x, weight, bias)
+    if ok and want == "auto" and x.numel() // max(1, x.shape[-1]) < MIN_ROWS_FOR_CUTLASS:
+        ok, why = False, f"M < {MIN_ROWS_FOR_CUTLASS}: cuBLAS linear + SiLU is faster there"
     if ok and _dispatch.in_export():
         ok, why = False, "exporting (ONNX / torch.export): the CUTLASS kernel does not export"
     if ok and _dispatch.needs_grad(x, weight, bias):

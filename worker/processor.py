@@ -79,8 +79,6 @@ class BatchProcessor:
         self.output_topic = output_topic
         self.dlq_topic = dlq_topic
         self.max_event_bytes = max_event_bytes
-        self.model_info = ModelInfo(version=engine.version, encoder=engine.encoder_name,
-                                    generator=engine.generator_name)
 
     def _dead_letter(self, rec: Any, stage: ErrorStage, reason: str) -> OutRecord:
         m.EVENTS_INVALID.labels(stage.value).inc()
@@ -143,12 +141,15 @@ class BatchProcessor:
                 log.warning("embedding cache write failed", extra={"error": repr(e)})
 
         headers = context_headers()
+        # read per batch: a backend that failed at run time falls back, and records must say who made them
+        model_info = ModelInfo(version=self.engine.version, encoder=self.engine.encoder_name,
+                               generator=self.engine.generator_name)
         for uid, rec in result.recommendations.items():
             ub, hist = users[uid], states[uid].events
             record = RecommendationRecord(
                 user_id=uid,
                 items=[ScoredItem(item_id=i, score=float(s)) for i, s in rec.items],
-                model=self.model_info,
+                model=model_info,
                 source=SourceInfo(events=len(ub.events), last_event_ts=max(e.ts for e in hist), offsets=ub.offsets),
                 generated_at=now_ms,
                 latency_ms=float(max(0, now_ms - ub.newest_ts)),

@@ -111,9 +111,14 @@ class Worker:
         except BaseException:
             await self.producer.stop()
             raise
+        self._export_backends()
+        m.MODEL_INFO.labels(self.engine.version).set(1)
+
+    def _export_backends(self) -> None:
+        """The backends in use (they can change at run time when one fails and the next takes over)."""
+        m.BACKEND.clear()
         m.BACKEND.labels("encoder", self.engine.encoder_name).set(1)
         m.BACKEND.labels("generator", self.engine.generator_name).set(1)
-        m.MODEL_INFO.labels(self.engine.version).set(1)
 
     def request_stop(self) -> None:
         if not self._stopping.is_set():
@@ -331,6 +336,7 @@ class Worker:
     async def _lag_loop(self) -> None:
         while True:
             await asyncio.sleep(2)
+            self._export_backends()
             for tp in self.consumer.assignment():
                 hw = self.consumer.highwater(tp)
                 if hw is None:
