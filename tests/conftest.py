@@ -11,6 +11,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton fixes a kernel's mode (compiled vs CPU interpreter) when it is decorated. Without a GPU the
+# interpreter is the only mode that can run, so the whole test process uses it from the start: a kernel
+# module imported early by other code then agrees with the kernel tests (DESIGN §5, §8).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_PORT = int(os.environ.get("KAFKA_PORT", "9092"))

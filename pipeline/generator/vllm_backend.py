@@ -83,7 +83,7 @@ class VLLMGenerator:
     name = "vllm"
 
     def __init__(self, model_dir: Path | str, vocab_size: int, max_model_len: int, device: str = "cpu",
-                 startup_timeout_s: float = 300.0, request_timeout_s: float = 300.0, kv_cache_gib: float = 1.0,
+                 startup_timeout_s: float = 300.0, request_timeout_s: float = 300.0, kv_cache_gib: int = 1,
                  gpu_memory_utilization: float | None = None, threads: int | None = None, seed: int = 0) -> None:
         ok, why = vllm_installed()
         if not ok:
@@ -103,7 +103,7 @@ class VLLMGenerator:
         env = dict(os.environ)
         env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(kv_cache_gib))))  # whole GiB
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
