@@ -35,7 +35,6 @@ down:
 
 model: setup
 	@test -f $(MODEL_DIR)/manifest.json || $(BIN)/streamrec train --data synthetic --out $(MODEL_DIR)
-	@test -f $(MODEL_DIR)/onnx/encoder.fp32.onnx || $(BIN)/streamrec export $(MODEL_DIR)
 
 demo: setup model
 	examples/demo.sh

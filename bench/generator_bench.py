@@ -97,23 +97,42 @@ def main() -> int:
         return r
 
     try:
-        for b in backends:  # one backend alive at a time, so none competes with another's threads
-            rec = start(b)
-            rows = {}
-            for B in batches:
-                reqs = (reqs_all * (B // len(reqs_all) + 1))[:B]
-                lat = _time_calls(lambda: rec.recommend(reqs), a.min_time, a.min_calls, a.max_calls)
-                row = {"calls": len(lat), "slates_per_s": B / statistics.fmean(lat),
-                       "p50_ms": 1e3 * _pct(lat, 50), "p99_ms": 1e3 * _pct(lat, 99)}
-                if b != "retrieval":
-                    _, pe, allowed = rec.prompts(reqs)
-                    glat = _time_calls(lambda: rec.backend.generate(pe, allowed, 10), a.min_time / 2, a.min_calls, a.max_calls)
-                    row.update({"gen_slates_per_s": B / statistics.fmean(glat), "gen_p50_ms": 1e3 * _pct(glat, 50),
-                                "gen_p99_ms": 1e3 * _pct(glat, 99)})
-                rows[str(B)] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
-                print(json.dumps({"backend": b, "batch": B, **rows[str(B)]}), flush=True)
-            result["speed"][b] = rows
-            getattr(rec, "close", lambda: None)()
+        # All backends alive; calls interleaved round-robin (vllm, torch, retrieval, vllm, ...) so that the
+        # load of a shared machine hits every backend alike.
+        for b in backends:
+            recs[b] = start(b)
+        for B in batches:
+            reqs = (reqs_all * (B // len(reqs_all) + 1))[:B]
+            prep = {b: recs[b].prompts(reqs) for b in backends if b != "retrieval"}
+            lat = {b: [] for b in backends}
+            glat = {b: [] for b in backends}
+            for b in backends:  # warm-up
+                recs[b].recommend(reqs)
+            t_end = time.perf_counter() + a.min_time * len(backends)
+            rounds = 0
+            while (rounds < a.min_calls or time.perf_counter() < t_end) and rounds < a.max_calls:
+                for b in backends:
+                    t = time.perf_counter()
+                    recs[b].recommend(reqs)
+                    lat[b].append(time.perf_counter() - t)
+                    if b in prep:
+                        _, pe, allowed = prep[b]
+                        t = time.perf_counter()
+                        recs[b].backend.generate(pe, allowed, 10)
+                        glat[b].append(time.perf_counter() - t)
+                rounds += 1
+            for b in backends:
+                row = {"calls": len(lat[b]), "slates_per_s": B / statistics.fmean(lat[b]),
+                       "p50_ms": 1e3 * _pct(lat[b], 50), "p99_ms": 1e3 * _pct(lat[b], 99)}
+                if glat[b]:
+                    row.update({"gen_slates_per_s": B / statistics.fmean(glat[b]), "gen_p50_ms": 1e3 * _pct(glat[b], 50),
+                                "gen_p99_ms": 1e3 * _pct(glat[b], 99)})
+                row = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+                result["speed"].setdefault(b, {})[str(B)] = row
+                print(json.dumps({"backend": b, "batch": B, **row}), flush=True)
+        for r in recs.values():
+            getattr(r, "close", lambda: None)()
+        recs = {}
         if a.parity_users and "vllm" in backends and "torch" in backends:
             recs = {"torch": start("torch"), "vllm": start("vllm")}
             tr, vr = recs["torch"], recs["vllm"]

@@ -111,6 +111,7 @@ def save_model_dir(
 
     out = Path(out)
     cfg = encoder.cfg
+    arch = getattr(encoder, "arch", "hstu")  # issue 3: "hstu" | "sasrec" (same file names for both)
     items = list(items)
     _validate_items(items)
     if len(items) != cfg.num_items:
@@ -122,7 +123,7 @@ def save_model_dir(
 
     _write_json(out / CONFIG_FILE, cfg.to_dict())
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"arch": "hstu", "format": str(FORMAT_VERSION)})
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"arch": arch, "format": str(FORMAT_VERSION)})
     (out / ITEMS_FILE).write_text("".join(f"{it}\n" for it in items), encoding="utf-8")
     _write_json(out / METRICS_FILE, metrics)
     files = list(REQUIRED_FILES)
@@ -133,10 +134,10 @@ def save_model_dir(
         (out / TITLES_FILE).unlink()
 
     hashes = {name: sha256_file(out / name) for name in files}
-    version = f"hstu-{hashes[WEIGHTS_FILE][:12]}"
+    version = f"{arch}-{hashes[WEIGHTS_FILE][:12]}"
     manifest = {
         "format": FORMAT_VERSION,
-        "arch": "hstu",
+        "arch": arch,
         "version": version,
         "created_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "files": hashes,
@@ -176,8 +177,15 @@ def load_model_dir(path: Path | str, device: str = "cpu") -> ModelBundle:
         raise ModelDirError(
             f"{mpath}: format {manifest.get('format')!r} is not supported (this streamrec reads format {FORMAT_VERSION}); {_RETRAIN}"
         )
-    if manifest.get("arch") != "hstu":
-        raise ModelDirError(f"{mpath}: arch {manifest.get('arch')!r} is not 'hstu'; {_RETRAIN}")
+    # --- arch (issue 3): hstu_config.json / hstu.safetensors hold the config / weights of `arch`
+    arch = manifest.get("arch")
+    if arch not in ("hstu", "sasrec"):
+        raise ModelDirError(f"{mpath}: arch {arch!r} is not 'hstu' or 'sasrec'; {_RETRAIN}")
+    if arch == "sasrec":
+        from pipeline.sasrec import SASRecConfig as _Config, SASRecEncoder as _Encoder
+    else:
+        _Config, _Encoder = HSTUConfig, HSTUEncoder
+    # --- end arch
     version = manifest.get("version")
     if not isinstance(version, str) or not version:
         raise ModelDirError(f"{mpath}: missing model version string; {_RETRAIN}")
@@ -202,7 +210,7 @@ def load_model_dir(path: Path | str, device: str = "cpu") -> ModelBundle:
 
     cfg_raw = _read_json(p / CONFIG_FILE, CONFIG_FILE)
     try:
-        cfg = HSTUConfig.from_dict(cfg_raw)
+        cfg = _Config.from_dict(cfg_raw)
     except (ValueError, TypeError) as e:
         raise ModelDirError(f"{p / CONFIG_FILE}: invalid config: {e}; {_RETRAIN}") from None
 
@@ -226,7 +234,7 @@ def load_model_dir(path: Path | str, device: str = "cpu") -> ModelBundle:
         state = load_file(str(p / WEIGHTS_FILE), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelDirError(f"{p / WEIGHTS_FILE} cannot be read as safetensors ({e}); {_RETRAIN}") from None
-    encoder = HSTUEncoder(cfg)
+    encoder = _Encoder(cfg)
     expected = encoder.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))

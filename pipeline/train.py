@@ -44,7 +44,7 @@ class TrainConfig:
     data: str = "synthetic"
     data_options: dict = field(default_factory=dict)  # passed to load_dataset (e.g. num_users)
     seed: int = 0
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -61,9 +61,12 @@ class TrainConfig:
     num_time_buckets: int = 64
     dropout: float = 0.2
     # budget / stopping
-    max_minutes: float = 4.0  # a safety cap; uncontended, the default run early-stops in about 1 minute
+    max_minutes: float = 3.0  # a safety cap; on an idle 2-core CPU the default run takes about 45 s
     patience: int = 4
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    # --- arch (issue 3, SASRec baseline): "hstu" | "sasrec" (pipeline/sasrec.py; same loop, loss, eval)
+    arch: str = "hstu"
+    # --- end arch
 
     @classmethod
     def quick(cls, **overrides: Any) -> "TrainConfig":
@@ -202,8 +205,17 @@ def train_encoder(cfg: TrainConfig, progress: bool = True, dataset: SequenceData
     if not train_seqs:
         raise ValueError("no training sequences with at least 2 events")
 
-    encoder = HSTUEncoder(mcfg)
-    encoder.set_attention(hstu_attention_padded)
+    # --- arch dispatch (issue 3): SASRec baseline in the same harness
+    if cfg.arch == "sasrec":
+        from pipeline.sasrec import SASRecConfig, SASRecEncoder
+
+        encoder = SASRecEncoder(SASRecConfig.from_train_config(cfg, len(ds.items)))
+    elif cfg.arch == "hstu":
+        encoder = HSTUEncoder(mcfg)
+        encoder.set_attention(hstu_attention_padded)
+    else:
+        raise ValueError(f"unknown arch {cfg.arch!r}; choose hstu or sasrec")
+    # --- end arch dispatch
     opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -281,9 +293,10 @@ def train_encoder(cfg: TrainConfig, progress: bool = True, dataset: SequenceData
     }
     if ds.oracle is not None:
         baselines["oracle"] = evaluate(oracle_scorer(ds.oracle), split.test, item_index)
-    encoder.set_attention(hstu_attention_reference)
+    if cfg.arch == "hstu":  # arch dispatch (issue 3)
+        encoder.set_attention(hstu_attention_reference)
     metrics = {
-        "arch": "hstu",
+        "arch": cfg.arch,
         "data": ds.spec,
         "protocol": "leave-one-out, full ranking, own history excluded, pessimistic ties",
         "test": test,

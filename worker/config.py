@@ -51,7 +51,10 @@ class Settings(BaseSettings):
     top_k: int = Field(10, ge=1, le=1000)
     exclude_recent: int = Field(50, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_threads: int = Field(0, ge=0, description="0 = torch default")
+    torch_threads: int = Field(
+        1, ge=0, description="intra-op threads of the model thread (0 = torch's default). 1 is right for CPU "
+                             "workers: the encoder's ops on jagged batches are small, and on a busy host "
+                             "OpenMP spinning across threads made a 400-user batch 30x slower (docs/perf.md)")
     encoder_backend: Literal["auto", "tensorrt", "onnxruntime", "torch"] = "auto"
     generator_backend: Literal["auto", "vllm", "torch", "retrieval"] = "auto"
     embedding_ttl_s: float = Field(900.0, gt=0, description="TTL of cached user embeddings")

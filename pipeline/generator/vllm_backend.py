@@ -118,7 +118,10 @@ class VLLMGenerator:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=root,
         )
         try:
-            _send(self._proc.stdin, opts)
+            try:
+                _send(self._proc.stdin, opts)
+            except (BrokenPipeError, OSError):
+                pass  # the child died at once; _wait reports its exit code and log
             msg = self._wait(startup_timeout_s, "start")
         except BaseException:
             self._kill()
@@ -171,7 +174,10 @@ class VLLMGenerator:
         with self._lock:
             if self._closed:
                 raise RuntimeError("vLLM generator is closed")
-            _send(self._proc.stdin, req)
+            try:
+                _send(self._proc.stdin, req)
+            except (BrokenPipeError, OSError):
+                pass  # engine process gone; _wait raises with its exit code and log
             msg = self._wait(self.request_timeout_s, "answer")
         if msg[0] == "error":
             raise RuntimeError(f"vLLM generate failed: {msg[1]}")
