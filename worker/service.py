@@ -98,9 +98,20 @@ class Worker:
         self._revoking = False
         self._stopping = asyncio.Event()
         self._committed: dict[tuple[str, int], int] = {}
-        self.ready = False
+        self._batch_ok = False
+        self._redis_ok = True
         self.alive = False
         self.batches_done = 0
+
+    @property
+    def ready(self) -> bool:
+        """/readyz: running, the last batch succeeded, and Redis answers (probed every 2 s, so an idle
+        worker reports a Redis outage too)."""
+        return self.alive and self._batch_ok and self._redis_ok
+
+    def _set_batch_ok(self, ok: bool) -> None:
+        self._batch_ok = ok
+        m.READY.set(1 if self.ready else 0)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -129,8 +140,7 @@ class Worker:
     async def run(self) -> None:
         """Run until :meth:`request_stop`; then finish the batch, commit, and close."""
         self.alive = True
-        self.ready = True
-        m.READY.set(1)
+        self._set_batch_ok(True)
         fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
         process = asyncio.create_task(self._process_loop(), name="process")
         lag = asyncio.create_task(self._lag_loop(), name="lag")
@@ -142,8 +152,7 @@ class Worker:
             await asyncio.gather(fetch, process)
         finally:
             self.alive = False
-            self.ready = False
-            m.READY.set(0)
+            self._set_batch_ok(False)
             for t in (fetch, process, lag):
                 t.cancel()
             await asyncio.gather(fetch, process, lag, return_exceptions=True)
@@ -203,7 +212,26 @@ class Worker:
         for r in records:
             by_partition.setdefault((r.topic, r.partition), []).append(r)
         for tp, recs in by_partition.items():  # one transaction per input partition
+            if tp not in self._txn_producers:
+                await self._fence_and_rewind(tp)
+                continue
             await self._handle_unit(recs, tp)
+
+    async def _fence_and_rewind(self, tp: tuple[str, int]) -> None:
+        """First batch of a partition since it was assigned (or since its producer failed): initialise its
+        transactional producer FIRST — that fences a zombie holding the same id and settles any transaction
+        it left open — and only THEN read the committed offset and re-read from it. The other order can
+        read an offset that a zombie's commit-in-progress is about to move, and publish duplicates."""
+        await self._txn_producer(tp)
+        dropped = self.buffer.drop({tp})
+        part = TopicPartition(*tp)
+        committed = await self.consumer.committed(part)  # fetched from the group coordinator, not cached
+        if committed is None:
+            await self.consumer.seek_to_beginning(part)  # auto_offset_reset=earliest: nothing committed yet
+        else:
+            self.consumer.seek(part, committed)
+        log.info("exactly-once: partition fenced, re-reading from its committed offset",
+                 extra={"partition": f"{tp[0]}:{tp[1]}", "dropped_buffered": dropped})
 
     async def _handle_unit(self, records: list, txn_tp: tuple[str, int] | None = None) -> None:
         attempt = 0
@@ -237,8 +265,7 @@ class Worker:
                 return
             except TRANSIENT as e:
                 attempt += 1
-                self.ready = False
-                m.READY.set(0)
+                self._set_batch_ok(False)
                 m.BATCH_RETRIES.labels(type(e).__name__).inc()
                 if self._revoking or (self._stopping.is_set() and attempt > 3):
                     log.warning("abandoning a failed batch uncommitted (it will be redelivered)",
@@ -247,8 +274,7 @@ class Worker:
                 delay = min(self.s.retry_backoff_max_s, 0.1 * 2 ** attempt)
                 log.warning("batch failed, retrying", extra={"error": repr(e), "attempt": attempt, "delay_s": delay})
                 await asyncio.sleep(delay)
-        self.ready = True
-        m.READY.set(1)
+        self._set_batch_ok(True)
         self.batches_done += 1
         if log.isEnabledFor(logging.DEBUG):
             spans: dict[str, list[int]] = {}
@@ -337,6 +363,12 @@ class Worker:
         while True:
             await asyncio.sleep(2)
             self._export_backends()
+            try:
+                await asyncio.wait_for(self.redis.ping(), 1.5)
+                self._redis_ok = True
+            except (RedisError, OSError, asyncio.TimeoutError):
+                self._redis_ok = False
+            m.READY.set(1 if self.ready else 0)
             for tp in self.consumer.assignment():
                 hw = self.consumer.highwater(tp)
                 if hw is None:

@@ -258,7 +258,9 @@ def train_generator(model_dir: Path | str, data: str | dict | None = None, cfg: 
                "wall_s": round(time.monotonic() - t0, 1)}
         history.append(rec)
         if progress:
-            print(json.dumps(rec), flush=True)
+            import sys
+
+            print("generator " + json.dumps(rec), file=sys.stderr, flush=True)
         if rec["valid_ndcg@10"] > best[0]:
             best = (rec["valid_ndcg@10"], epoch, copy.deepcopy(model.state_dict()))
         if epoch - best[1] >= cfg.patience:

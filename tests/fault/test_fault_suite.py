@@ -24,7 +24,7 @@ from worker.commands.produce import MALFORMED
 
 pytestmark = pytest.mark.integration
 
-N_EVENTS, N_USERS, PARTITIONS, RATE = 20_000, 1_000, 6, 500
+N_EVENTS, N_USERS, PARTITIONS, RATE = 20_000, 1_000, 6, 300
 CHAOS_USER = "chaos-user"
 CAP = 50  # tiny_model_dir's max_seq_len: every user gets fewer events than this
 

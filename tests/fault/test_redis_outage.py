@@ -42,6 +42,10 @@ async def test_redis_outage_blocks_commits_then_catches_up(stack, names, tiny_mo
                     break
                 await asyncio.sleep(0.1)
             assert committed == {0: 10}
+            for _ in range(50):  # readiness also needs the 2-second Redis probe to have seen Redis back
+                if w.ready:
+                    break
+                await asyncio.sleep(0.1)
             assert w.ready
     finally:
         stack.infra("up", "redis")
