@@ -54,6 +54,8 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
         arch: str = typer.Option("hstu", "--arch", help="encoder: hstu (default) | sasrec (the SASRec baseline, same harness; docs/model.md)"),
+        generator: bool = typer.Option(True, "--generator/--no-generator", help="after the encoder, train the slate generator (a small Llama decoder, docs/generator.md) into the same directory"),
+        generator_minutes: float = typer.Option(2.0, "--generator-minutes", help="wall-clock cap for the generator's training loop"),
     ) -> None:
         from rich.console import Console
 
@@ -88,6 +90,17 @@ def register(app: typer.Typer) -> None:
         except (ModelDirError, OSError) as e:
             fail(f"cannot write the model directory {out}: {e}")
         print_metrics(console, metrics)
+        if generator and arch == "hstu":
+            from pipeline.generator.train import GeneratorTrainConfig, train_generator
+
+            gcfg = (GeneratorTrainConfig.quick(seed=seed) if quick
+                    else GeneratorTrainConfig(seed=seed, max_minutes=generator_minutes))
+            console.print("training the generator (teacher forcing on next items, restricted to retrieval candidates)")
+            g = train_generator(out, cfg=gcfg, progress=progress)
+            gen, ret = g["test"]["generator"], g["test"]["retrieval"]
+            console.print(f"generator {g['version']}: slate HR@10 {gen['hr@10']:.4f} NDCG@10 {gen['ndcg@10']:.4f} "
+                          f"(retrieval top-10: {ret['hr@10']:.4f} / {ret['ndcg@10']:.4f}; "
+                          f"{g['train']['epochs_run']} epochs, {g['train']['train_wall_s']} s)", highlight=False)
 
 
 def print_metrics(console, metrics: dict) -> None:
