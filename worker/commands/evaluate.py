@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         baselines: bool = typer.Option(False, "--baselines", help="also evaluate popularity, random and (synthetic) the planted-truth ceiling"),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
         encoder: str = typer.Option("torch", "--encoder", help="encoder backend: auto | tensorrt | onnxruntime | torch (docs/backends.md)"),
+        generator: Optional[str] = typer.Option(None, "--generator", help="also score the K=10 slates a generator backend decodes (vllm | torch | retrieval | auto; docs/generator.md): adds `slate` with its hr@10/ndcg@10 next to retrieval's full-ranking metrics"),
     ) -> None:
         import orjson
         import torch
@@ -111,6 +112,17 @@ def register(app: typer.Typer) -> None:
             }
             if ds.oracle is not None:
                 out["baselines"]["oracle"] = evaluate(oracle_scorer(ds.oracle), cases, index)
+        if generator is not None:
+            from pipeline.generator.evaluate import evaluate_generator
+
+            if generator not in ("vllm", "torch", "retrieval", "auto"):
+                fail(f"unknown --generator {generator!r}; choose vllm, torch, retrieval or auto")
+            try:
+                slate = evaluate_generator(model_dir, generator, split, spec)
+            except Exception as e:  # a missing generator model or an unavailable vLLM: say which
+                fail(f"generator {generator}: {e}")
+            out["generator"] = slate["generator"]
+            out["slate"] = {k: slate[k] for k in ("hr@10", "ndcg@10", "users", "generator")}
         out["eval_wall_s"] = round(time.monotonic() - t0, 3)
         if as_json:
             typer.echo(orjson.dumps(out).decode())
