@@ -192,3 +192,10 @@ def test_train_arch_sasrec_round_trip(app, tmp_path):
 def test_model_info_refuses_bad_dir(app, tmp_path):
     res = CliRunner().invoke(app, ["model-info", str(tmp_path / "missing")])
     assert res.exit_code == 2
+
+
+def test_model_info_agrees_with_hstu_flops_per_event():
+    from pipeline.hstu import flops_per_event
+
+    h = HSTUConfig(num_items=100, dim=64, num_layers=2, num_heads=2, qk_dim=32, v_dim=32, max_seq_len=50, attn_n=50)
+    assert flops(h, 50)["per_new_event"]["encoder"] == flops_per_event(h, 50)
