@@ -134,7 +134,8 @@ def register(app: typer.Typer) -> None:
         table.add_column("model")
         for c in ("hr@10", "ndcg@10", "hr@50", "ndcg@50"):
             table.add_column(c, justify="right")
-        table.add_row(f"HSTU ({out['encoder']} / {out['generator']})", *(f"{out[c]:.4f}" for c in ("hr@10", "ndcg@10", "hr@50", "ndcg@50")))
+        name = "SASRec" if bundle.version.startswith("sasrec-") else "HSTU"  # --arch sasrec (issue 3)
+        table.add_row(f"{name} ({out['encoder']} / {out['generator']})", *(f"{out[c]:.4f}" for c in ("hr@10", "ndcg@10", "hr@50", "ndcg@50")))
         names = {"oracle": "planted truth (ceiling)", "popularity": "popularity", "random": "random"}
         for key, m in out.get("baselines", {}).items():
             table.add_row(names[key], *(f"{m[c]:.4f}" for c in ("hr@10", "ndcg@10", "hr@50", "ndcg@50")))
