@@ -49,13 +49,14 @@ Deliberate differences from the paper / reference code, all small:
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pipeline.config_base import EncoderConfig
 
 __all__ = [
     "HSTUConfig",
@@ -72,7 +73,7 @@ _BUCKET_DIVISOR = 0.301
 
 
 @dataclass(frozen=True)
-class HSTUConfig:
+class HSTUConfig(EncoderConfig):
     num_items: int
     num_actions: int = 8
     dim: int = 64
@@ -86,37 +87,7 @@ class HSTUConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "dropout":
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"HSTUConfig.dropout must be a number, got {value!r}")
-                if not 0.0 <= float(value) < 1.0:
-                    raise ValueError(f"HSTUConfig.dropout must be in [0, 1), got {value!r}")
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"HSTUConfig.{f.name} must be an integer, got {value!r}")
-            if value < 1:
-                raise ValueError(f"HSTUConfig.{f.name} must be >= 1, got {value!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "HSTUConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"HSTU config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"HSTUConfig: unknown field(s) {', '.join(unknown)}")
-        if "num_items" not in d:
-            raise ValueError("HSTUConfig.num_items is missing")
-        return cls(**d)
-
-    @property
-    def oov_index(self) -> int:
-        return self.num_items
+        self._validate_fields()
 
 
 def time_bucket(dt_s: Tensor, num_time_buckets: int) -> Tensor:

@@ -47,7 +47,6 @@ Deliberate differences, all small:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +54,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pipeline.config_base import EncoderConfig
 
 __all__ = [
     "SASRecConfig",
@@ -67,7 +68,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class SASRecConfig:
+class SASRecConfig(EncoderConfig):
     num_items: int
     num_actions: int = 8
     dim: int = 64
@@ -78,35 +79,9 @@ class SASRecConfig:
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "dropout":
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"SASRecConfig.dropout must be a number, got {value!r}")
-                if not 0.0 <= float(value) < 1.0:
-                    raise ValueError(f"SASRecConfig.dropout must be in [0, 1), got {value!r}")
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"SASRecConfig.{f.name} must be an integer, got {value!r}")
-            if value < 1:
-                raise ValueError(f"SASRecConfig.{f.name} must be >= 1, got {value!r}")
+        self._validate_fields()
         if self.dim % self.num_heads:
             raise ValueError(f"SASRecConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SASRecConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"SASRec config must be a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"SASRecConfig: unknown field(s) {', '.join(unknown)}")
-        if "num_items" not in d:
-            raise ValueError("SASRecConfig.num_items is missing")
-        return cls(**d)
 
     @classmethod
     def from_train_config(cls, cfg: Any, num_items: int) -> "SASRecConfig":
@@ -120,10 +95,6 @@ class SASRecConfig:
             max_seq_len=cfg.max_seq_len,
             dropout=cfg.dropout,
         )
-
-    @property
-    def oov_index(self) -> int:
-        return self.num_items
 
 
 def jagged_positions(offsets: Tensor, max_seq_len: int) -> Tensor:
