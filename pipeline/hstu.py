@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.config_base import EncoderConfig
+from pipeline.encoder_base import EncoderConfig, SequenceEncoder
 
 __all__ = [
     "HSTUConfig",
@@ -235,7 +235,7 @@ class HSTULayer(nn.Module):
         return x + self.dropout(self.out(y))
 
 
-class HSTUEncoder(nn.Module):
+class HSTUEncoder(SequenceEncoder):
     """HSTU over jagged batches: ``encode`` gives every position, ``forward`` the user embedding."""
 
     def __init__(self, cfg: HSTUConfig) -> None:
@@ -264,16 +264,6 @@ class HSTUEncoder(nn.Module):
     def set_attention(self, fn: AttentionFn) -> None:
         self.attention = fn
 
-    @staticmethod
-    def _check(item_idx: Tensor, action_idx: Tensor, ts_ms: Tensor, offsets: Tensor) -> None:
-        T = item_idx.shape[0]
-        if item_idx.dim() != 1 or action_idx.shape != (T,) or ts_ms.shape != (T,):
-            raise ValueError("item_idx, action_idx and ts_ms must be 1-D tensors of the same length")
-        if offsets.dim() != 1 or offsets.shape[0] < 1:
-            raise ValueError("offsets must be a 1-D tensor of length B+1")
-        if int(offsets[0]) != 0 or int(offsets[-1]) != T:
-            raise ValueError(f"offsets must start at 0 and end at T={T}")
-
     def encode(self, item_idx: Tensor, action_idx: Tensor, ts_ms: Tensor, offsets: Tensor) -> Tensor:
         """Every position's output, (T, dim), for a jagged batch (values + offsets)."""
         self._check(item_idx, action_idx, ts_ms, offsets)
@@ -284,21 +274,6 @@ class HSTUEncoder(nn.Module):
             x = layer(x, offsets, ts_s, self.attention)
         return self.final_norm(x)
 
-    def forward(self, item_idx: Tensor, action_idx: Tensor, ts_ms: Tensor, offsets: Tensor) -> Tensor:
-        """The user embedding: last position of each sequence, L2-normalised, (B, dim)."""
-        lengths = offsets[1:] - offsets[:-1]
-        if bool((lengths <= 0).any()):
-            raise ValueError("every sequence needs at least one event")
-        x = self.encode(item_idx, action_idx, ts_ms, offsets)
-        return F.normalize(x[offsets[1:] - 1], dim=-1)
-
-    def item_table(self) -> Tensor:
-        """L2-normalised item vectors (num_items, dim), the OOV row excluded."""
-        return F.normalize(self.item_emb.weight[: self.cfg.num_items], dim=-1)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def flops_per_event(cfg: HSTUConfig, seq_len: int) -> float:
     """Approximate multiply-adds x2 for encoding one new event with a KV cache of ``seq_len``."""
@@ -306,4 +281,3 @@ def flops_per_event(cfg: HSTUConfig, seq_len: int) -> float:
     proj = 2 * cfg.dim * H * (2 * cfg.v_dim + 2 * cfg.qk_dim) + 2 * H * cfg.v_dim * cfg.dim
     attn = 2 * H * seq_len * (cfg.qk_dim + cfg.v_dim)
     return float(cfg.num_layers * (proj + attn))
-

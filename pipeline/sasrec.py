@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.config_base import EncoderConfig
+from pipeline.encoder_base import EncoderConfig, SequenceEncoder
 
 __all__ = [
     "SASRecConfig",
@@ -179,7 +179,7 @@ class SASRecBlock(nn.Module):
         return z + self.dropout(self.ffn2(self.dropout(F.relu(self.ffn1(z)))))
 
 
-class SASRecEncoder(nn.Module):
+class SASRecEncoder(SequenceEncoder):
     """SASRec over jagged batches, with :class:`pipeline.hstu.HSTUEncoder`'s interface."""
 
     arch = "sasrec"
@@ -205,16 +205,6 @@ class SASRecEncoder(nn.Module):
                 nn.init.xavier_uniform_(lin.weight)
                 nn.init.zeros_(lin.bias)
 
-    @staticmethod
-    def _check(item_idx: Tensor, action_idx: Tensor, ts_ms: Tensor, offsets: Tensor) -> None:
-        T = item_idx.shape[0]
-        if item_idx.dim() != 1 or action_idx.shape != (T,) or ts_ms.shape != (T,):
-            raise ValueError("item_idx, action_idx and ts_ms must be 1-D tensors of the same length")
-        if offsets.dim() != 1 or offsets.shape[0] < 1:
-            raise ValueError("offsets must be a 1-D tensor of length B+1")
-        if int(offsets[0]) != 0 or int(offsets[-1]) != T:
-            raise ValueError(f"offsets must start at 0 and end at T={T}")
-
     def encode(self, item_idx: Tensor, action_idx: Tensor, ts_ms: Tensor, offsets: Tensor) -> Tensor:
         """Every position's output, (T, dim), for a jagged batch. ``ts_ms`` is unused (SASRec has no time input)."""
         self._check(item_idx, action_idx, ts_ms, offsets)
@@ -226,18 +216,3 @@ class SASRecEncoder(nn.Module):
         for blk in self.blocks:
             x = blk(x, offsets, padded)
         return self.final_norm(x)
-
-    def forward(self, item_idx: Tensor, action_idx: Tensor, ts_ms: Tensor, offsets: Tensor) -> Tensor:
-        """The user embedding: last position of each sequence, L2-normalised, (B, dim)."""
-        lengths = offsets[1:] - offsets[:-1]
-        if bool((lengths <= 0).any()):
-            raise ValueError("every sequence needs at least one event")
-        x = self.encode(item_idx, action_idx, ts_ms, offsets)
-        return F.normalize(x[offsets[1:] - 1], dim=-1)
-
-    def item_table(self) -> Tensor:
-        """L2-normalised item vectors (num_items, dim), the OOV row excluded."""
-        return F.normalize(self.item_emb.weight[: self.cfg.num_items], dim=-1)
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
