@@ -219,6 +219,28 @@ if _HAVE_TRITON:
         return kb, vt, ts_k
 
     @triton.jit
+    def _tile_accumulate(acc, q, kb, vt, bias, cols, start, rows, row_ok, inv_n,
+                         IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
+        """acc += (SiLU(q k^T + bias) / n, causal and same-sequence masked) @ v for one key tile."""
+        vis = (cols[None, :] >= start[:, None]) & (cols[None, :] <= rows[:, None]) & row_ok[:, None]
+        kt = tl.permute(kb, (0, 2, 1))                                              # (HP, DQ, BN)
+        if IEEE:
+            s = tl.dot(q, kt, input_precision="ieee")
+        else:
+            s = tl.dot(q, kt)
+        s = s + bias[None, :, :]
+        if FAST_SILU:
+            a = _fast_silu(s) * inv_n
+        else:
+            a = s * tl.sigmoid(s) * inv_n
+        a = tl.where(vis[None, :, :], a, 0.0)
+        if IEEE:
+            acc = tl.dot(a, vt, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a.to(vt.dtype), vt, acc)
+        return acc
+
+    @triton.jit
     def _tile_bias(rows, j0, ts_q, ts_k, PosW, TimeW, Thr, max_pos, num_tb, log2_scale,
                    BLOCK_N: tl.constexpr):
         """(BM, BN) relative bias of one tile, shared by all heads: position + log-bucketed time."""
@@ -286,23 +308,8 @@ if _HAVE_TRITON:
                 jn = j0 + BLOCK_N
                 kb_n, vt_n, ts_k_n = _load_kv(K, V, TS, jn, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
                                               stride_vt, stride_vh, QK_DIM, V_DIM, BLOCK_N)
-                cols = j0 + tl.arange(0, BLOCK_N)
-                vis = (cols[None, :] >= start[:, None]) & (cols[None, :] <= rows[:, None]) & row_ok[:, None]
-                kt = tl.permute(kb, (0, 2, 1))                                      # (HP, DQ, BN)
-                if IEEE:
-                    s = tl.dot(q, kt, input_precision="ieee")
-                else:
-                    s = tl.dot(q, kt)
-                s = s + bias[None, :, :]
-                if FAST_SILU:
-                    a = _fast_silu(s) * inv_n
-                else:
-                    a = s * tl.sigmoid(s) * inv_n
-                a = tl.where(vis[None, :, :], a, 0.0)
-                if IEEE:
-                    acc = tl.dot(a, vt, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a.to(vt.dtype), vt, acc)
+                acc = _tile_accumulate(acc, q, kb, vt, bias, j0 + tl.arange(0, BLOCK_N), start, rows, row_ok,
+                                       inv_n, IEEE, FAST_SILU)
                 bias = _tile_bias(rows, jn, ts_q, ts_k_n, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
                 kb = kb_n
                 vt = vt_n
@@ -311,23 +318,8 @@ if _HAVE_TRITON:
                 kb, vt, ts_k = _load_kv(K, V, TS, j0, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
                                         stride_vt, stride_vh, QK_DIM, V_DIM, BLOCK_N)
                 bias = _tile_bias(rows, j0, ts_q, ts_k, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
-                cols = j0 + tl.arange(0, BLOCK_N)
-                vis = (cols[None, :] >= start[:, None]) & (cols[None, :] <= rows[:, None]) & row_ok[:, None]
-                kt = tl.permute(kb, (0, 2, 1))                                      # (HP, DQ, BN)
-                if IEEE:
-                    s = tl.dot(q, kt, input_precision="ieee")
-                else:
-                    s = tl.dot(q, kt)
-                s = s + bias[None, :, :]
-                if FAST_SILU:
-                    a = _fast_silu(s) * inv_n
-                else:
-                    a = s * tl.sigmoid(s) * inv_n
-                a = tl.where(vis[None, :, :], a, 0.0)
-                if IEEE:
-                    acc = tl.dot(a, vt, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a.to(vt.dtype), vt, acc)
+                acc = _tile_accumulate(acc, q, kb, vt, bias, j0 + tl.arange(0, BLOCK_N), start, rows, row_ok,
+                                       inv_n, IEEE, FAST_SILU)
 
         tl.store(Out + hh[:, None, None] * stride_oh + r64[None, :, None] * stride_ot + dv[None, None, :],
                  acc.to(Out.dtype.element_ty),
