@@ -64,6 +64,15 @@ async def consume_all(bootstrap: str, topic: str, until, timeout_s: float = 60.0
     return out
 
 
+def newest_reflected(records) -> dict[str, int]:
+    """Per user, the newest event ts that any of these recommendation records reflects."""
+    got: dict[str, int] = {}
+    for r in records:
+        v = orjson.loads(r.value)
+        got[v["user_id"]] = max(got.get(v["user_id"], 0), v["source"]["last_event_ts"])
+    return got
+
+
 async def committed_vs_end(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await c.start()

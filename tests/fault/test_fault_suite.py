@@ -19,7 +19,8 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.history_store import HistoryStore
 from schemas import DLQHeader
-from tests.helpers import committed_vs_end, consume_all, create_topics, event, start_worker_process, worker_env
+from tests.helpers import (committed_vs_end, consume_all, create_topics, event, newest_reflected,
+                           start_worker_process, worker_env)
 from worker.commands.produce import MALFORMED
 
 pytestmark = pytest.mark.integration
@@ -217,10 +218,7 @@ async def test_fault_suite(stack, names, tiny_model_dir, tmp_path, reaper):
     dlq_model = {(dict(r.headers)[DLQHeader.SOURCE_PARTITION], dict(r.headers)[DLQHeader.SOURCE_OFFSET])
                  for r in dlq if dict(r.headers)[DLQHeader.STAGE] == b"model"}
     outs = await consume_all(services["bootstrap"], names["output_topic"], lambda r: False, timeout_s=8)
-    newest_rec: dict[str, int] = {}
-    for r in outs:
-        v = orjson.loads(r.value)
-        newest_rec[v["user_id"]] = max(newest_rec.get(v["user_id"], 0), v["source"]["last_event_ts"])
+    newest_rec = newest_reflected(outs)
     stale = [u for u, ts in sent.items() if u != CHAOS_USER and newest_rec.get(u) != ts[-1]]
 
     print("\nfault suite:", f"{produced} produced ({malformed} malformed) for {len(sent)} users, "

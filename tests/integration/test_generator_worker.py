@@ -9,13 +9,12 @@ from __future__ import annotations
 import importlib.util
 import random
 
-import orjson
 import pytest
 
 from pipeline.recommender import HistoryEvent, UserRequest
 from schemas import RecommendationRecord
-from tests.helpers import (committed_vs_end, consume_all, create_topics, event, produce_events, running_worker,
-                           settings_for, wait_committed)
+from tests.helpers import (committed_vs_end, consume_all, create_topics, event, newest_reflected, produce_events,
+                           running_worker, settings_for, wait_committed)
 from tests.unit._generator_fixtures import trained_generator_dir
 
 pytestmark = pytest.mark.integration
@@ -51,10 +50,7 @@ async def _run(services, names, backend: str, monkeypatch, disable: str | None):
         newest = {u: h[-1].ts for u, h in history.items() if h}
 
         def complete(recs):
-            got = {}
-            for r in recs:
-                v = orjson.loads(r.value)
-                got[v["user_id"]] = max(got.get(v["user_id"], 0), v["source"]["last_event_ts"])
+            got = newest_reflected(recs)
             return all(got.get(u) == t for u, t in newest.items())
 
         recs = await consume_all(services["bootstrap"], names["output_topic"], complete, timeout_s=60)

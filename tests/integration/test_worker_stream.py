@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import random
 
-import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from pipeline.history_store import HistoryStore
 from schemas import RecommendationRecord
-from tests.helpers import (committed_vs_end, consume_all, create_topics, event, produce_events, running_worker,
-                           settings_for, wait_committed)
+from tests.helpers import (committed_vs_end, consume_all, create_topics, event, newest_reflected, produce_events,
+                           running_worker, settings_for, wait_committed)
 
 pytestmark = pytest.mark.integration
 
@@ -40,10 +39,7 @@ async def test_many_users_every_user_gets_its_newest_event(services, names, tiny
         assert await wait_committed(services["bootstrap"], names["group_id"], names["input_topic"], 120)
 
     def complete(recs):
-        got = {}
-        for r in recs:
-            v = orjson.loads(r.value)
-            got[v["user_id"]] = max(got.get(v["user_id"], 0), v["source"]["last_event_ts"])
+        got = newest_reflected(recs)
         return all(got.get(u) == t for u, t in newest.items())
 
     recs = await consume_all(services["bootstrap"], names["output_topic"], complete, timeout_s=30)
