@@ -5,7 +5,8 @@
 
 Writes bench/results/kernels_<card>.json (+ .png plot) with the card's name on every
 number.  Sections: device ceilings, correctness, HSTU attention (config sweep + the
-issue's three targets vs the padded reference), norm_mul, retrieval top-k, the CUTLASS
+issue's three targets vs the padded reference), decode (``--decode``: one new query per
+user against Lk cached keys, vs a padded torch decode), norm_mul, retrieval top-k, the CUTLASS
 SiLU projection, and an encoder comparison (pipeline/hstu.py's eager HSTUEncoder vs the
 same weights run through the kernels).
 
@@ -239,6 +240,118 @@ def sec_attention(quick=False):
         del a
         torch.cuda.empty_cache()
     return {"targets": out}
+
+
+# ----------------------------------------------------------------------------- decode
+DECODE_CASES = [(B, Lk) for B in (64, 512) for Lk in (100, 500, 1000, 2000)]
+DECODE_SWEEP_CASES = {(64, 100), (64, 2000), (512, 100), (512, 2000)}   # the corners get the config sweep
+DECODE_SWEEP = [  # block_m, block_n, num_warps, num_stages, num_splits (None: the op's own pick; "x2": twice it)
+    (16, 64, 4, 2, None), (16, 32, 4, 2, None), (16, 64, 8, 2, None), (16, 128, 8, 2, None),
+    (16, 64, 4, 2, 1), (16, 64, 4, 2, "x0.5"), (16, 64, 4, 2, "x2"),
+]
+
+
+def decode_inputs(B, Lk, H, d, dtype, seed):
+    """B users with Lk cached keys each and ONE new query (on the last key position)."""
+    a = random_jagged_attention_inputs(B, Lk, H, d, d, dtype=dtype, device="cuda", seed=seed,
+                                       lengths=torch.full((B,), Lk), scale=0.5)
+    g = torch.Generator().manual_seed(seed)
+    a["q"] = (torch.randn(B, H, d, generator=g) * 0.5).to(dtype).cuda()
+    q_offsets = torch.arange(B + 1, device="cuda", dtype=torch.int64)
+    return a, q_offsets
+
+
+@section("decode")
+def sec_decode(quick=False):
+    """Incremental encoding: one new event per user attending to Lk cached keys/values.
+    Triton (q_offsets path) vs a padded eager-PyTorch decode (kernels.hstu_attention.hstu_decode_padded:
+    keys padded to Lk, einsum, bias gather, SiLU, mask, einsum), with and without the padding copies."""
+    H, d = 2, 64
+    rows = []
+    for (B, Lk) in DECODE_CASES:
+        a, qo = decode_inputs(B, Lk, H, d, torch.bfloat16, seed=B + Lk)
+        row = {"card": CARD, "B": B, "Lk": Lk, "Lq": 1, "H": H, "d": d, "dtype": "bf16",
+               "kv_MB": round(B * Lk * H * 2 * d * 2 / 1e6, 2)}
+        ref = ha.hstu_attention_reference(
+            a["q"].double(), a["k"].double(), a["v"].double(), a["offsets"], a["ts_s"], a["pos_w"].double(),
+            a["time_w"].double(), a["attn_n"], a["num_time_buckets"], a["max_seq_len"], q_offsets=qo)
+        kern_default = lambda: ha.hstu_attention_triton(**a, q_offsets=qo)
+        row["rel_err_triton_default"] = rel_err(kern_default(), ref)
+        row["default_launch"] = dict(ha.LAST_LAUNCH)
+        row["auto_splits"] = ha.LAST_LAUNCH["splits"]
+        sweep = []
+        todo = DECODE_SWEEP[:2] if quick else DECODE_SWEEP if (B, Lk) in DECODE_SWEEP_CASES else []
+        for (bm, bn, nw, ns, label) in todo:
+            sp = label
+            if isinstance(sp, str):   # a multiple of the op's own pick for these tile sizes
+                sp = max(1, round(float(sp[1:]) * ha._pick_splits(B * Lk, B, bm, bn, "cuda")))
+            fn = lambda bm=bm, bn=bn, nw=nw, ns=ns, sp=sp: ha.hstu_attention_triton(
+                **a, q_offsets=qo, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, num_splits=sp)
+            try:
+                err = rel_err(fn(), ref)
+                ck = ha.LAST_COMPILED
+                ms = bench_ms(fn, graph=True, rep=40)
+                sweep.append({"cfg": [bm, bn, nw, ns, label], "splits": ha.LAST_LAUNCH["splits"], "ms_graph": ms,
+                              "rel_err": err, "regs": getattr(ck, "n_regs", None),
+                              "spills": getattr(ck, "n_spills", None)})
+                log(f"  B={B} Lk={Lk} cfg={bm},{bn},w{nw},s{ns},split{sp}: {ms*1e3:.1f} us  err={err:.2e} "
+                    f"regs={sweep[-1]['regs']} spills={sweep[-1]['spills']}")
+            except Exception as exc:
+                sweep.append({"cfg": [bm, bn, nw, ns, label], "error": str(exc)[:200]})
+                log(f"  cfg {bm},{bn},{nw},{ns},{sp} failed: {str(exc)[:200]}")
+        row["triton_default_ms_graph"] = bench_ms(kern_default, graph=True, rep=40)
+        row["triton_default_ms_eager"] = bench_ms(kern_default, rep=40)
+        good = [r for r in sweep if r.get("ms_graph") and r["rel_err"] < 1e-2]
+        best = min(good, key=lambda r: r["ms_graph"]) if good else {
+            "cfg": "default", "ms_graph": row["triton_default_ms_graph"]}
+        row["sweep"] = sweep
+        row["best_cfg"] = best["cfg"]
+        row["triton_best_ms_graph"] = best["ms_graph"]
+        args10 = [a[n] for n in ("q", "k", "v", "offsets", "ts_s", "pos_w", "time_w", "attn_n", "num_time_buckets",
+                                 "max_seq_len")]
+        pidx = ha.padded_index(a["offsets"], Lk, B * Lk)
+        padded = ha.pad_keys(a["k"], a["v"], a["offsets"], a["ts_s"], Lk, pidx)
+        pad = lambda: ha.hstu_decode_padded(*args10, padded_len=Lk, pad_index=pidx)
+        prepad = lambda: ha.hstu_decode_padded(*args10, padded_len=Lk, padded=padded)
+        row["rel_err_padded"] = rel_err(pad(), ref)
+        row["padded_ms_graph"] = bench_ms(pad, graph=True, rep=40)
+        row["padded_ms_eager"] = bench_ms(pad, rep=40)
+        row["prepadded_ms_graph"] = bench_ms(prepad, graph=True, rep=40)
+        td = row["triton_default_ms_graph"]
+        row["speedup_default_vs_padded_graph"] = row["padded_ms_graph"] / td
+        row["speedup_default_vs_prepadded_graph"] = row["prepadded_ms_graph"] / td
+        row["speedup_best_vs_padded_graph"] = row["padded_ms_graph"] / best["ms_graph"]
+        row["speedup_default_vs_padded_eager"] = row["padded_ms_eager"] / row["triton_default_ms_eager"]
+        row["triton_default_kv_GBps"] = row["kv_MB"] / td / 1e3
+        row["triton_best_kv_GBps"] = row["kv_MB"] / best["ms_graph"] / 1e3
+        copy = RESULTS["sections"].get("device", {}).get("copy_GBps")
+        if copy:   # K/V streaming rate as a fraction of the device's copy bandwidth (the ceiling here)
+            row["triton_default_kv_frac_of_copy_bw"] = row["triton_default_kv_GBps"] / copy
+        log(f"  -> [{CARD}] B={B} Lk={Lk} Lq=1: triton default {td*1e3:.1f} us graph "
+            f"({row['triton_default_kv_GBps']:.0f} GB/s K/V, {row['auto_splits']} splits) / "
+            f"{row['triton_default_ms_eager']*1e3:.1f} us eager; best {best['ms_graph']*1e3:.1f} us (cfg {best['cfg']}); "
+            f"padded {row['padded_ms_graph']*1e3:.1f} us (pre-padded {row['prepadded_ms_graph']*1e3:.1f} us) -> "
+            f"x{row['speedup_default_vs_padded_graph']:.1f} (x{row['speedup_default_vs_prepadded_graph']:.1f} vs pre-padded); "
+            f"err triton {row['rel_err_triton_default']:.1e} padded {row['rel_err_padded']:.1e}")
+        rows.append(row)
+        del a, padded, ref
+        torch.cuda.empty_cache()
+    # the sweep config that is best overall: smallest geometric mean of (time / that case's best)
+    score = {}
+    for r in rows:
+        ok = [x for x in r["sweep"] if x.get("ms_graph")]
+        for x in ok:
+            score.setdefault(str(x["cfg"]), []).append(math.log(x["ms_graph"] / min(y["ms_graph"] for y in ok)))
+    most = max(map(len, score.values()), default=0)
+    full = {k: math.exp(sum(v) / len(v)) for k, v in score.items() if len(v) == most}
+    overall = min(full, key=full.get) if full else None
+    log(f"  [{CARD}] decode sweep, geomean slowdown vs per-case best: "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in sorted(full.items(), key=lambda kv: kv[1])))
+    return {"rows": rows, "all_ok": all(r["rel_err_triton_default"] < 1e-2 for r in rows),
+            "best_overall_cfg": overall, "sweep_geomean_slowdown": full,
+            "note": "bf16, H=2, d=64, every user Lk keys, one query each; times: CUDA-graph median (graph) "
+                    "and triton.testing.do_bench (eager, launch cost included); padded = hstu_decode_padded "
+                    "including the padding copies, pre-padded = K/V already padded"}
 
 
 # ----------------------------------------------------------------------------- norm_mul
@@ -489,6 +602,9 @@ def plot(path_png):
         vals.append(r["speedup_vs_padded_nobias_graph"])
         labels.append(f"attn B{r['B']} N{r['N']} H{r['H']}\nvs padded+bias")
         vals.append(r["speedup_vs_padded_bias_graph"])
+    for r in RESULTS["sections"].get("decode", {}).get("rows", []) or []:
+        labels.append(f"decode B{r['B']} Lk{r['Lk']}\nvs padded decode")
+        vals.append(r["speedup_default_vs_padded_graph"])
     for r in RESULTS["sections"].get("norm_mul", {}).get("rows", []):
         labels.append(f"norm_mul T{r['T']} D{r['D']}")
         vals.append(r["speedup"])
@@ -525,6 +641,8 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma list of sections")
+    ap.add_argument("--decode", action=argparse.BooleanOptionalAction, default=False,
+                    help="also run the decode section (q_offsets, one query per user; on in bench/run_gpu.sh)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to time (the interpreter tests cover correctness on CPU)")
@@ -537,12 +655,15 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     only = set(filter(None, args.only.split(",")))
     secs = [("device", sec_device), ("attention_correctness", sec_attn_correct),
-            ("attention", lambda: sec_attention(args.quick)), ("norm_mul", sec_norm_mul),
+            ("attention", lambda: sec_attention(args.quick)),
+            ("decode", lambda: sec_decode(args.quick)), ("norm_mul", sec_norm_mul),
             ("retrieval_topk", lambda: sec_retrieval(args.quick)), ("silu_linear", sec_silu_linear),
             ("encoder", lambda: sec_encoder(args.quick))]
     slug = "".join(c if c.isalnum() else "_" for c in CARD).strip("_")
     for name, fn in secs:
         if only and name not in only:
+            continue
+        if name == "decode" and not (args.decode or "decode" in only):
             continue
         fn()
         (out / f"kernels_{slug}.json").write_text(json.dumps(RESULTS, indent=1, default=str))
@@ -566,6 +687,16 @@ def summary(path):
                  f"padded+bias {r['padded_bias_ms_graph']*1e3:.0f}us -> x{r['speedup_vs_padded_bias_graph']:.1f}; "
                  f"eager ratios x{r['speedup_vs_padded_nobias_eager']:.1f}/x{r['speedup_vs_padded_bias_eager']:.1f} "
                  f"(target x{r['target']})")
+    if s.get("decode", {}).get("rows"):
+        L.append(f"decode all_ok={s['decode'].get('all_ok')} best overall sweep cfg {s['decode'].get('best_overall_cfg')} "
+                 f"(block_m, block_n, warps, stages, splits)")
+    for r in s.get("decode", {}).get("rows", []) or []:
+        L.append(f"decode B={r['B']} Lk={r['Lk']} Lq=1 H={r['H']} d={r['d']}: triton {r['triton_default_ms_graph']*1e3:.1f}us graph "
+                 f"({r['triton_default_kv_GBps']:.0f} GB/s, {r['auto_splits']} splits), {r['triton_default_ms_eager']*1e3:.1f}us eager, "
+                 f"best {r['triton_best_ms_graph']*1e3:.1f}us cfg {r['best_cfg']}; padded {r['padded_ms_graph']*1e3:.1f}us "
+                 f"-> x{r['speedup_default_vs_padded_graph']:.1f}, pre-padded {r['prepadded_ms_graph']*1e3:.1f}us "
+                 f"-> x{r['speedup_default_vs_prepadded_graph']:.1f}; eager x{r['speedup_default_vs_padded_eager']:.1f}; "
+                 f"err {r['rel_err_triton_default']:.1e}")
     for r in s.get("norm_mul", {}).get("rows", []):
         L.append(f"norm_mul T={r['T']} D={r['D']}: x{r['speedup']:.2f} ({r['triton_ms_graph']*1e3:.1f}us, "
                  f"{r['triton_GBps']:.0f} GB/s) err {r['rel_err']:.1e}")

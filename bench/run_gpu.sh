@@ -3,7 +3,8 @@
 # and the GPU tests.  The CUTLASS kernel comes from .whl/libsilu_linear_sm90.so when that was
 # prebuilt here (nvcc 13.0, same source) and loads there; otherwise (or with BUILD_ON_DEVICE=1)
 # it is compiled on the device with its nvcc (about 80 s per variant batch, in the background).
-# Usage (from the repo root):  bash bench/run_gpu.sh [kernels_bench.py args...]
+# Usage (from the repo root):  bash bench/run_gpu.sh [kernels_bench.py args...]   (--decode is on; --no-decode turns it off)
+#   GPU_TESTS_K=expr runs only the GPU tests matching the pytest -k expression (e.g. GPU_TESTS_K=hstu).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -21,7 +22,7 @@ else
     echo "build rc=$? seconds=$(( $(date +%s) - t0 ))"; touch /tmp/kcache/build.done ) > "$OUT/cutlass_build.log" 2>&1 &
   [ -f .whl/libsilu_linear_sm90.so ] && export STREAMREC_SILU_LINEAR_LIB=$PWD/.whl/libsilu_linear_sm90.so
 fi
-python3 bench/kernels_bench.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
+python3 bench/kernels_bench.py --out "$OUT" --decode "$@" 2>&1 | tee "$OUT/bench.log"
 wait
 [ -f "$OUT/cutlass_build.log" ] && tail -5 "$OUT/cutlass_build.log"
-timeout 240 python3 -m pytest -q --noconftest -p no:cacheprovider tests/gpu/test_kernels_gpu.py 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"
+timeout 240 python3 -m pytest -q --noconftest -p no:cacheprovider tests/gpu/test_kernels_gpu.py ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} 2>&1 | tail -25 | tee "$OUT/gpu_tests.log"

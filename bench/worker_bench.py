@@ -19,6 +19,7 @@ import os
 import platform
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -58,13 +59,13 @@ async def create(bootstrap: str, names: dict, partitions: int) -> None:
         await admin.close()
 
 
-def make_events(n: int, users: int, seed: int, stamp_now: bool):
+def make_events(n: int, users: int, seed: int, stamp_now: bool, zipf: float = 0.8):
     from pipeline.datasets.synthetic import SyntheticWorld
 
     world = SyntheticWorld(seed=0)
     items = world.item_ids()
     rng = random.Random(seed)
-    weights = [1 / (i + 1) ** 0.8 for i in range(users)]  # skewed activity, like real users
+    weights = [1 / (i + 1) ** zipf for i in range(users)]  # skewed (Zipf) activity, like real users
     uids = [f"bench-{i}" for i in range(users)]
     for k, u in enumerate(rng.choices(uids, weights, k=n)):
         yield {"v": 1, "event_id": uuid.uuid4().hex, "user_id": u, "item_id": rng.choice(items),
@@ -94,6 +95,8 @@ def start_worker(args, names: dict, log: Path) -> subprocess.Popen:
                STREAMREC_METRICS_PORT="0", STREAMREC_CREATE_TOPICS="false",
                STREAMREC_MAX_BATCH_EVENTS=str(args.max_batch_events), STREAMREC_MAX_WAIT_MS=str(args.max_wait_ms),
                STREAMREC_DELIVERY=names.get("delivery", "at_least_once"))
+    if "state_mb" in names:
+        env["STREAMREC_ENCODER_STATE_MB"] = str(names["state_mb"])
     return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
@@ -102,7 +105,7 @@ async def throughput(args, names: dict, log: Path) -> dict:
     prod = AIOKafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=5, acks="all")
     await prod.start()
     futs = []
-    for e in make_events(args.events, args.users, 1, stamp_now=False):
+    for e in make_events(args.events, args.users, 1, stamp_now=False, zipf=args.zipf):
         futs.append(await prod.send(names["in"], orjson.dumps(e), key=e["user_id"].encode()))
     await asyncio.gather(*futs)
     await prod.stop()
@@ -199,6 +202,10 @@ async def main() -> None:
     ap.add_argument("--eos-cost", action="store_true",
                     help="also run the throughput phase in exactly-once mode and report the ratio")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--zipf", type=float, default=0.8, help="exponent of the users' activity distribution")
+    ap.add_argument("--states-cost", type=int, default=0, metavar="ROUNDS",
+                    help="also run the throughput phase ROUNDS times each with encoder states off and on "
+                         "(STREAMREC_ENCODER_STATE_MB=0 vs the default), interleaved, and report the ratio")
     args = ap.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -219,6 +226,24 @@ async def main() -> None:
                                               eos["events_per_s"] / results["throughput"]["events_per_s"]}
         console.print(f"[bold]exactly-once[/] {eos['events_per_s']:.0f} events/s = "
                       f"{results['throughput_exactly_once']['ratio_to_at_least_once']:.2f}x at-least-once")
+    if args.states_cost:
+        runs: dict[str, list[float]] = {"off": [], "on": []}
+        for rnd in range(args.states_cost):
+            for mode in ("off", "on"):
+                t4 = uuid.uuid4().hex[:8]
+                names4 = {"in": f"bench-{t4}-in", "out": f"bench-{t4}-out", "dlq": f"bench-{t4}-dlq",
+                          "group": f"bench-{t4}", "prefix": f"bench:{t4}"}
+                if mode == "off":
+                    names4["state_mb"] = 0
+                await create(args.bootstrap, names4, args.partitions)
+                r = await throughput(args, names4, args.out / f"worker_bench_states_{mode}.log")
+                runs[mode].append(r["events_per_s"])
+                console.print(f"encoder states {mode} (round {rnd + 1}): {r['events_per_s']:.0f} events/s")
+        on, off = statistics.median(runs["on"]), statistics.median(runs["off"])
+        results["encoder_states"] = {"zipf": args.zipf, "events": args.events, "users": args.users,
+                                     "events_per_s_off": runs["off"], "events_per_s_on": runs["on"],
+                                     "ratio_on_to_off": on / off}
+        console.print(f"[bold]encoder states[/] on {on:.0f} vs off {off:.0f} events/s = {on / off:.2f}x")
     if args.skip_latency:
         stem = args.out / f"worker_{platform.node() or 'host'}"
         stem.with_suffix(".json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))

@@ -19,16 +19,30 @@ Layout: jagged.  q, k: (T, H, qk_dim); v: (T, H, v_dim); ``offsets``: (B + 1,)
 int64 with offsets[0] = 0 and offsets[B] = T; ``ts_s``: (T,) int64 seconds.
 Result: (T, H, v_dim) in v's dtype.
 
+Queries on the last rows only (``q_offsets``, incremental encoding / "decode"): k, v,
+ts_s and offsets describe the KEY sequences; q is (Tq, H, qk_dim) with its own
+``q_offsets`` (B + 1,), Lq_b = q_offsets[b+1] - q_offsets[b] <= Lk_b.  Query row i of
+sequence b sits at key position p = Lk_b - Lq_b + i (bottom-right aligned causal mask,
+like flash-attn varlen with seqlen_q < seqlen_k), with timestamp ts_s[offsets[b] + p]:
+
+    out_i = sum_{j <= p} SiLU(q_i . k_j + pos_w[min(p - j, max_seq_len - 1)]
+                                        + time_w[bucket(ts_p - ts_j)]) / attn_n * v_j
+
+Result (Tq, H, v_dim).  ``q_offsets=None`` is q_offsets = offsets (every row a query).
+
 Implementations
 * :func:`hstu_attention_reference` - plain PyTorch, one sequence at a time, float32.
 * :func:`hstu_attention_padded`    - the issue's "padded reference" (pad to [B, H, N, d],
   two einsums, SiLU, causal + length masks, divide by n); for benchmarks only.
+* :func:`hstu_decode_padded`       - padded torch baseline of the decode case (one query per
+  sequence, keys padded to N); for benchmarks only.
 * :func:`hstu_attention_triton`    - one Triton kernel; see its docstring.
 * :func:`hstu_attention`           - the dispatcher.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -58,39 +72,76 @@ def time_bucket(dt: torch.Tensor, num_time_buckets: int) -> torch.Tensor:
 
 
 def relative_bias(ts: torch.Tensor, pos_w: torch.Tensor, time_w: torch.Tensor,
-                  num_time_buckets: int, max_seq_len: int) -> torch.Tensor:
+                  num_time_buckets: int, max_seq_len: int, rows: torch.Tensor | None = None) -> torch.Tensor:
     """(L, L) float32 bias of one sequence: pos_w[min(i-j, max_seq_len-1)] + time_w[bucket(ts_i-ts_j)].
 
+    ``rows`` (optional, (Lq,) positions i) restricts it to those query rows: (Lq, L).
     Entries with j > i are meaningless (masked by the caller).
     """
     L = ts.shape[0]
-    i = torch.arange(L, device=ts.device)
-    rel = (i[:, None] - i[None, :]).clamp(min=0, max=max_seq_len - 1)
-    dt = ts[:, None] - ts[None, :]
+    j = torch.arange(L, device=ts.device)
+    i = j if rows is None else rows
+    rel = (i[:, None] - j[None, :]).clamp(min=0, max=max_seq_len - 1)
+    dt = (ts if rows is None else ts[rows])[:, None] - ts[None, :]
     return pos_w.float()[rel] + time_w.float()[time_bucket(dt, num_time_buckets)]
 
 
+def _split_args(max_seq_len, q_offsets):
+    """pipeline.hstu's attention signature has ``q_offsets`` as its 10th positional argument where
+    ours has ``max_seq_len``: a tensor there is taken as ``q_offsets``."""
+    if isinstance(max_seq_len, torch.Tensor):
+        if q_offsets is not None:
+            raise TypeError("q_offsets given twice (positionally as max_seq_len and by keyword)")
+        return None, max_seq_len
+    return max_seq_len, q_offsets
+
+
+def _check_shapes(q, k, v, offsets, q_offsets) -> None:
+    """Shape checks that need no host sync (the reference also checks the lengths)."""
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"q, k, v must be (T, H, d); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[1:] != k.shape[1:] or v.shape[:2] != k.shape[:2]:
+        raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if q_offsets is None:
+        if q.shape[0] != k.shape[0]:
+            raise ValueError(f"q has {q.shape[0]} rows but k has {k.shape[0]}: pass q_offsets for "
+                             "queries on the last rows only")
+    elif q_offsets.shape != offsets.shape:
+        raise ValueError(f"q_offsets {tuple(q_offsets.shape)} must have the shape of offsets {tuple(offsets.shape)}")
+
+
 def hstu_attention_reference(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
-                             num_time_buckets: int, max_seq_len: int | None = None) -> torch.Tensor:
+                             num_time_buckets: int, max_seq_len: int | None = None, *,
+                             q_offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Readable PyTorch reference: loops over the sequences, computes in float32.
 
     ``max_seq_len`` defaults to ``pos_w.shape[0]`` (so pipeline.hstu's 9-argument call works).
+    ``q_offsets`` (B+1,): queries are the last Lq_b rows of each key sequence (module docstring).
     """
+    max_seq_len, q_offsets = _split_args(max_seq_len, q_offsets)
     max_seq_len = max_seq_len or pos_w.shape[0]
-    T, H, _ = q.shape
-    out = torch.zeros(T, H, v.shape[-1], dtype=torch.float32, device=q.device)
+    _check_shapes(q, k, v, offsets, q_offsets)
+    Tq, H, _ = q.shape
+    out = torch.zeros(Tq, H, v.shape[-1], dtype=torch.float32, device=q.device)
     offs = offsets.tolist()
+    qoffs = offs if q_offsets is None else q_offsets.tolist()
+    if qoffs[0] != 0 or qoffs[-1] != Tq:
+        raise ValueError(f"q_offsets must run from 0 to Tq={Tq}; got {qoffs[0]}..{qoffs[-1]}")
     for b in range(len(offs) - 1):
         s, e = offs[b], offs[b + 1]
-        if e <= s:
+        qs, qe = qoffs[b], qoffs[b + 1]
+        L, Lq = e - s, qe - qs
+        if Lq < 0 or Lq > L:
+            raise ValueError(f"sequence {b}: {Lq} queries for {L} keys (need 0 <= Lq <= Lk)")
+        if Lq == 0:
             continue
-        L = e - s
-        qb, kb, vb = q[s:e].float(), k[s:e].float(), v[s:e].float()       # (L, H, d)
-        scores = torch.einsum("ihd,jhd->hij", qb, kb)                       # (H, L, L)
-        scores = scores + relative_bias(ts_s[s:e], pos_w, time_w, num_time_buckets, max_seq_len)
-        causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+        qb, kb, vb = q[qs:qe].float(), k[s:e].float(), v[s:e].float()     # (Lq|L, H, d)
+        scores = torch.einsum("ihd,jhd->hij", qb, kb)                       # (H, Lq, L)
+        p = torch.arange(L - Lq, L, device=q.device)                        # query positions
+        scores = scores + relative_bias(ts_s[s:e], pos_w, time_w, num_time_buckets, max_seq_len, rows=p)
+        causal = p[:, None] >= torch.arange(L, device=q.device)[None, :]
         a = torch.where(causal, F.silu(scores), torch.zeros((), device=q.device)) / attn_n
-        out[s:e] = torch.einsum("hij,jhd->ihd", a, vb)
+        out[qs:qe] = torch.einsum("hij,jhd->ihd", a, vb)
     return out.to(v.dtype)
 
 
@@ -135,6 +186,43 @@ def padded_index(offsets: torch.Tensor, N: int, T: int) -> torch.Tensor:
     return seq * N + (tok - offsets[seq])
 
 
+def pad_keys(k, v, offsets, ts_s, padded_len: int, pad_index: torch.Tensor | None = None):
+    """Keys, values and timestamps padded to [B, N, H, d] / [B, N] (the decode baseline's input)."""
+    T, H, dq = k.shape
+    B, N = offsets.numel() - 1, padded_len
+    if pad_index is None:
+        pad_index = padded_index(offsets, N, T)
+    kp = k.new_zeros(B * N, H, dq).index_copy_(0, pad_index, k).view(B, N, H, dq)
+    vp = v.new_zeros(B * N, H, v.shape[-1]).index_copy_(0, pad_index, v).view(B, N, H, v.shape[-1])
+    tsp = ts_s.new_zeros(B * N).index_copy_(0, pad_index, ts_s).view(B, N)
+    return kp, vp, tsp
+
+
+def hstu_decode_padded(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int, num_time_buckets: int,
+                       max_seq_len: int, padded_len: int, pad_index: torch.Tensor | None = None,
+                       padded: tuple | None = None) -> torch.Tensor:
+    """Padded eager-PyTorch baseline of the decode case, for benchmarking: ONE query per sequence
+    (q: (B, H, qk) = each sequence's last key position, i.e. q_offsets = arange(B + 1); every
+    Lk_b >= 1), keys padded to [B, N, H, d], one einsum for the scores, the relative bias
+    gathered as [B, N], SiLU, length mask, divide by n, one einsum for the output.  Works in
+    the input dtype.  ``padded`` = :func:`pad_keys`'s result skips the padding copies (a cache
+    kept padded); otherwise they are part of the cost."""
+    B = offsets.numel() - 1
+    N = padded_len
+    assert q.shape[0] == B, "hstu_decode_padded takes exactly one query per sequence"
+    kp, vp, tsp = padded if padded is not None else pad_keys(k, v, offsets, ts_s, N, pad_index)
+    last = offsets[1:] - 1                                                   # (B,) flat key row of p
+    p = (offsets[1:] - offsets[:-1] - 1)                                     # (B,) query position
+    pos = torch.arange(N, device=q.device)
+    scores = torch.einsum("bhd,bnhd->bhn", q, kp)                            # (B, H, N)
+    rel = (p[:, None] - pos[None, :]).clamp(min=0, max=max_seq_len - 1)      # (B, N)
+    bias = pos_w.to(q.dtype)[rel] + time_w.to(q.dtype)[
+        time_bucket(ts_s[last][:, None] - tsp, num_time_buckets)]
+    mask = (pos[None, :] <= p[:, None]).to(q.dtype)                          # (B, N)
+    a = F.silu(scores + bias[:, None, :]) * mask[:, None, :] / attn_n
+    return torch.einsum("bhn,bnhd->bhd", a, vp)                              # (B, H, dv)
+
+
 # --------------------------------------------------------------------------- Triton
 def bucket_thresholds(num_time_buckets: int, device) -> torch.Tensor:
     """thr[b] = the smallest float32 x with floor(log(x) / 0.301) >= b, by the reference's own
@@ -169,6 +257,7 @@ def bucket_thresholds(num_time_buckets: int, device) -> torch.Tensor:
 
 _THR_CACHE: dict = {}
 LAST_COMPILED = None  # diagnostics: the last launched compiled kernel (n_regs, n_spills)
+LAST_LAUNCH: dict = {}  # diagnostics: grid, key splits and block sizes of the last launch
 _LOG2_SCALE = math.log(2.0) / TIME_BUCKET_DIV
 
 
@@ -253,38 +342,64 @@ if _HAVE_TRITON:
 
     @triton.jit
     def _hstu_attn_fwd(
-        Q, K, V, Out, Offsets, TS, PosW, TimeW, Thr,
-        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-        T, n_search, n_iter, max_pos, num_tb, inv_n, log2_scale,
+        Q, K, V, Out, Offsets, QOffsets, TS, PosW, TimeW, Thr,
+        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_os,
+        T, TQ, n_search, n_iter, max_pos, num_tb, inv_n, log2_scale, n_split,
         H: tl.constexpr, HP: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
         BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         IEEE: tl.constexpr, FAST_SILU: tl.constexpr, PREFETCH: tl.constexpr,
+        HAS_QOFF: tl.constexpr, SPLIT: tl.constexpr,
     ):
-        # One program = BLOCK_M consecutive tokens of the flattened jagged batch, ALL heads
+        # One program = BLOCK_M consecutive query rows of the flattened jagged batch, ALL heads
         # (the relative bias is computed once per tile and shared by the heads; the two
         # matmuls are batched over heads).  A block may hold the tail of one sequence and
-        # the heads of the next: each row finds its sequence start by binary search over
-        # Offsets (L1-resident), and key j is visible to row i iff start_i <= j <= i.
-        # Keys are visited only from the first row's sequence start to the block's last
-        # row: every tile above the diagonal or in another sequence is skipped without a
-        # load, and every tile visited has at least one visible pair (no empty tiles).
+        # the heads of the next: each row finds its sequence by binary search over QOffsets
+        # (= Offsets unless HAS_QOFF; L1-resident), and key j is visible to the row at key
+        # position p iff start <= j <= p.  Without HAS_QOFF p is the row itself; with it,
+        # p = row + (Offsets[b+1] - QOffsets[b+1]) (bottom-right aligned: the queries are the
+        # last rows of their key sequence).  Keys are visited only from the first row's
+        # sequence start to the block's largest p: every tile above the diagonal or before
+        # the block's first sequence is skipped without a load.  With HAS_QOFF a tile no row
+        # sees (keys of sequences without queries in between) is skipped too.
+        # SPLIT: program (m, s) does the s-th of n_split contiguous chunks of that key range and
+        # writes its partial sum to Out + s * stride_os (the host adds the chunks: no softmax,
+        # so partial sums just add).  This is what gives a decode batch (one query per
+        # sequence, few row blocks, long key ranges) enough programs.
         pid_m = tl.program_id(0)
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = rows < T
-        rows_c = tl.minimum(rows, T - 1)
+        if HAS_QOFF:
+            row_ok = rows < TQ
+            rows_c = tl.minimum(rows, TQ - 1)
+        else:  # TQ == T
+            row_ok = rows < T
+            rows_c = tl.minimum(rows, T - 1)
 
         lo = tl.zeros([BLOCK_M], dtype=tl.int32)
         hi = tl.zeros([BLOCK_M], dtype=tl.int32) + (n_search - 1)
         for _ in range(0, n_iter):
             mid = (lo + hi + 1) // 2
-            om = tl.load(Offsets + mid)
+            om = tl.load(QOffsets + mid)
             go = om <= rows_c
             lo = tl.where(go, mid, lo)
             hi = tl.where(go, hi, mid - 1)
         start = tl.load(Offsets + lo).to(tl.int32)
         k_lo = tl.min(start, axis=0)
-        k_hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M, T)
+        if HAS_QOFF:
+            kpos = rows_c + (tl.load(Offsets + lo + 1) - tl.load(QOffsets + lo + 1)).to(tl.int32)
+            k_hi = tl.max(tl.where(row_ok, kpos, -1), axis=0) + 1
+            ts_q = tl.load(TS + kpos)
+        else:
+            kpos = rows
+            k_hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M, T)
+            ts_q = tl.load(TS + rows_c)
+        if SPLIT:
+            chunk = tl.cdiv(tl.cdiv(k_hi - k_lo, BLOCK_N), n_split) * BLOCK_N
+            j_begin = k_lo + tl.program_id(1) * chunk
+            j_end = tl.minimum(j_begin + chunk, k_hi)
+        else:
+            j_begin = k_lo
+            j_end = k_hi
 
         hh = tl.arange(0, HP)
         h_ok = hh < H
@@ -294,34 +409,46 @@ if _HAVE_TRITON:
         q = tl.load(Q + hh[:, None, None] * stride_qh + r64[None, :, None] * stride_qt + dq[None, None, :],
                     mask=h_ok[:, None, None] & row_ok[None, :, None] & (dq[None, None, :] < QK_DIM),
                     other=0.0)                                                   # (HP, BM, DQ)
-        ts_q = tl.load(TS + rows_c)
         acc = tl.zeros([HP, BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
         if PREFETCH:
             # Software pipelining by hand (Triton does not pipeline this loop): the K/V/ts loads
             # of tile t+1 are issued before tile t's matmuls, and tile t+1's bias (the gather
             # chain) is computed after them, so both latencies overlap the tensor-core work.
-            kb, vt, ts_k = _load_kv(K, V, TS, k_lo, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
+            kb, vt, ts_k = _load_kv(K, V, TS, j_begin, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
                                     stride_vt, stride_vh, QK_DIM, V_DIM, BLOCK_N)
-            bias = _tile_bias(rows, k_lo, ts_q, ts_k, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
-            for j0 in range(k_lo, k_hi, BLOCK_N):
+            bias = _tile_bias(kpos, j_begin, ts_q, ts_k, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
+            for j0 in range(j_begin, j_end, BLOCK_N):
                 jn = j0 + BLOCK_N
                 kb_n, vt_n, ts_k_n = _load_kv(K, V, TS, jn, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
                                               stride_vt, stride_vh, QK_DIM, V_DIM, BLOCK_N)
-                acc = _tile_accumulate(acc, q, kb, vt, bias, j0 + tl.arange(0, BLOCK_N), start, rows, row_ok,
+                acc = _tile_accumulate(acc, q, kb, vt, bias, j0 + tl.arange(0, BLOCK_N), start, kpos, row_ok,
                                        inv_n, IEEE, FAST_SILU)
-                bias = _tile_bias(rows, jn, ts_q, ts_k_n, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
+                bias = _tile_bias(kpos, jn, ts_q, ts_k_n, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
                 kb = kb_n
                 vt = vt_n
+        elif HAS_QOFF:
+            for j0 in range(j_begin, j_end, BLOCK_N):
+                seen = (start < j0 + BLOCK_N) & (kpos >= j0) & row_ok
+                if tl.max(seen.to(tl.int32), axis=0) > 0:
+                    kb, vt, ts_k = _load_kv(K, V, TS, j0, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
+                                            stride_vt, stride_vh, QK_DIM, V_DIM, BLOCK_N)
+                    bias = _tile_bias(kpos, j0, ts_q, ts_k, PosW, TimeW, Thr, max_pos, num_tb, log2_scale,
+                                      BLOCK_N)
+                    acc = _tile_accumulate(acc, q, kb, vt, bias, j0 + tl.arange(0, BLOCK_N), start, kpos,
+                                           row_ok, inv_n, IEEE, FAST_SILU)
         else:
-            for j0 in range(k_lo, k_hi, BLOCK_N):
+            for j0 in range(j_begin, j_end, BLOCK_N):
                 kb, vt, ts_k = _load_kv(K, V, TS, j0, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
                                         stride_vt, stride_vh, QK_DIM, V_DIM, BLOCK_N)
-                bias = _tile_bias(rows, j0, ts_q, ts_k, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
-                acc = _tile_accumulate(acc, q, kb, vt, bias, j0 + tl.arange(0, BLOCK_N), start, rows, row_ok,
+                bias = _tile_bias(kpos, j0, ts_q, ts_k, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
+                acc = _tile_accumulate(acc, q, kb, vt, bias, j0 + tl.arange(0, BLOCK_N), start, kpos, row_ok,
                                        inv_n, IEEE, FAST_SILU)
 
-        tl.store(Out + hh[:, None, None] * stride_oh + r64[None, :, None] * stride_ot + dv[None, None, :],
+        o_base = Out
+        if SPLIT:
+            o_base = Out + tl.program_id(1).to(tl.int64) * stride_os
+        tl.store(o_base + hh[:, None, None] * stride_oh + r64[None, :, None] * stride_ot + dv[None, None, :],
                  acc.to(Out.dtype.element_ty),
                  mask=h_ok[:, None, None] & row_ok[None, :, None] & (dv[None, None, :] < V_DIM))
 
@@ -338,89 +465,156 @@ def time_bucket_triton(dt: torch.Tensor, num_time_buckets: int) -> torch.Tensor:
     return out.to(torch.int64)
 
 
-def default_config(T: int, H: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:
-    """Block sizes picked from the GPU sweep in bench/kernels_bench.py (docs/perf.md)."""
+def default_config(T: int, H: int, qk_dim: int, v_dim: int, dtype: torch.dtype, *,
+                   q_rows: int | None = None, num_seqs: int | None = None) -> dict:
+    """Block sizes picked from the GPU sweep in bench/kernels_bench.py (docs/perf.md).
+
+    ``T`` = key rows; ``q_rows`` (Tq) and ``num_seqs`` (B) are given for the q_offsets path.
+    A decode batch (on average <= 4 query rows per sequence) gets its own config: 16-row query
+    blocks (the smallest tl.dot tile: with one query per sequence a block holds 16 users) and
+    longer key tiles (the work there is streaming each user's cached K/V once), plus a key
+    split so that the few row blocks still fill the GPU (``num_splits``, see
+    :func:`_pick_splits`)."""
     if _dispatch.interpreting():
         return dict(block_m=16, block_n=16, num_warps=4, num_stages=1, prefetch=False)
+    hp = triton.next_power_of_2(H)
+    if q_rows is not None and num_seqs and q_rows <= 4 * num_seqs:
+        # decode: untuned first guess (bench/kernels_bench.py --decode sweeps it)
+        return dict(block_m=16, block_n=64 if max(qk_dim, v_dim) <= 64 and hp <= 2 else 32,
+                    num_warps=4, num_stages=2, prefetch=False)
     # Small tiles win: the per-pair bias work (3 gathers, log2, masks, SiLU per head) is the
     # cost, and larger tiles spill registers; the hand-prefetched loop variant was slower
     # (runs 2-3 sweeps on H100, docs/perf.md).
-    hp = triton.next_power_of_2(H)
     if hp >= 4 or max(qk_dim, v_dim) > 64:
         return dict(block_m=16, block_n=32, num_warps=4, num_stages=2, prefetch=False)
     return dict(block_m=16, block_n=16, num_warps=2, num_stages=2, prefetch=False)
 
 
+@functools.lru_cache(maxsize=8)
+def _num_sms(device: str) -> int:
+    if _dispatch.interpreting() or not torch.cuda.is_available():
+        return 1
+    return torch.cuda.get_device_properties(torch.device(device)).multi_processor_count
+
+
+def _pick_splits(Tk: int, Tq: int, block_m: int, block_n: int, device,
+                 programs_per_sm: int = 4, min_tiles: int = 2) -> int:
+    """Key-range chunks per query block for the q_offsets path, with no host sync: a block of
+    ``block_m`` query rows spans about block_m * Tk / Tq keys (one query per user: block_m
+    users' caches); split it so that the grid reaches ``programs_per_sm`` programs per SM,
+    keeping at least ``min_tiles`` key tiles per chunk."""
+    grid_m = triton.cdiv(Tq, block_m)
+    est_tiles = triton.cdiv(min(Tk, block_m * Tk // max(Tq, 1) + block_m), block_n)
+    want = triton.cdiv(programs_per_sm * _num_sms(str(device)), grid_m)
+    return max(1, min(want, est_tiles // min_tiles, 128))
+
+
 def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
                           num_time_buckets: int, max_seq_len: int | None = None, *,
+                          q_offsets: torch.Tensor | None = None,
                           block_m: int | None = None,
                           block_n: int | None = None, num_warps: int | None = None,
                           num_stages: int | None = None, fast_silu: bool = True,
-                          prefetch: bool | None = None) -> torch.Tensor:
-    """The fused Triton kernel.  Grid = ceil(T / BLOCK_M) programs, each doing every head of
-    its BLOCK_M tokens: work scales with the total number of tokens T, never with
-    B x max_len; no padding, no host sync.  ``fast_silu`` (bf16/fp16 only) evaluates the
-    sigmoid with the hardware tanh approximation (relative error ~5e-4, below bf16 rounding)."""
+                          prefetch: bool | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """The fused Triton kernel.  Grid = ceil(Tq / BLOCK_M) programs (x ``num_splits`` key
+    chunks on the q_offsets path), each doing every head of its BLOCK_M query rows: work
+    scales with the number of (query, visible key) tiles, never with B x max_len; no
+    padding, no host sync.  ``fast_silu`` (bf16/fp16 only) evaluates the sigmoid with the
+    hardware tanh approximation (relative error ~5e-4, below bf16 rounding).
+
+    ``q_offsets`` (B+1,): queries are the last Lq_b rows of each key sequence (module
+    docstring); q is then (Tq, H, qk_dim) and the result (Tq, H, v_dim).  Lq_b <= Lk_b is
+    NOT checked here (it would need a host sync); the reference checks it.  With
+    ``num_splits`` > 1 the chunks' fp32 partial sums are added by one torch op (deterministic
+    for a given config); ``None`` picks it from the shapes (1 without q_offsets)."""
     if not _HAVE_TRITON:
         raise RuntimeError("triton is not installed")
+    if isinstance(max_seq_len, torch.Tensor):
+        max_seq_len, q_offsets = _split_args(max_seq_len, q_offsets)
     max_seq_len = max_seq_len or pos_w.shape[0]
-    T, H, qk_dim = q.shape
+    if q_offsets is offsets:
+        q_offsets = None
+    if q_offsets is not None or k.shape != q.shape or v.shape[:2] != q.shape[:2]:
+        _check_shapes(q, k, v, offsets, q_offsets)     # raises unless q_offsets is given and fits
+    Tq, H, qk_dim = q.shape
+    T = k.shape[0]
     v_dim = v.shape[-1]
-    assert k.shape == q.shape and v.shape[:2] == (T, H)
     assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1, "last dim must be contiguous"
-    out = torch.empty(T, H, v_dim, dtype=v.dtype, device=v.device)
-    if T == 0:
+    out = torch.empty(Tq, H, v_dim, dtype=v.dtype, device=v.device)
+    if Tq == 0:
         return out
-    cfg = default_config(T, H, qk_dim, v_dim, q.dtype)
+    has_q = q_offsets is not None
+    B = offsets.shape[0] - 1
+    cfg = default_config(T, H, qk_dim, v_dim, q.dtype, q_rows=Tq, num_seqs=B) if has_q else \
+        default_config(T, H, qk_dim, v_dim, q.dtype)
     bm = block_m or cfg["block_m"]
     bn = block_n or cfg["block_n"]
     nw = num_warps or cfg["num_warps"]
     ns = num_stages or cfg["num_stages"]
     offsets = offsets.to(torch.int64).contiguous()
+    q_offs = q_offsets.to(device=q.device, dtype=torch.int64).contiguous() if has_q else offsets
+    if not has_q:
+        splits = 1
+    elif num_splits is not None:
+        splits = max(1, int(num_splits))
+    else:
+        splits = _pick_splits(T, Tq, bm, bn, q.device)
     ts_s = ts_s.to(torch.int64).contiguous()
     pos_w = pos_w.contiguous()
     time_w = time_w.contiguous()
     n_search = offsets.numel() - 1  # valid sequence indices are 0 .. B-1
     thr = bucket_thresholds(num_time_buckets, q.device)
     interp = _dispatch.interpreting()
-    grid = (triton.cdiv(T, bm),)
-    global LAST_COMPILED
+    dst = out if splits == 1 else torch.empty(splits, Tq, H, v_dim, dtype=torch.float32, device=v.device)
+    grid = (triton.cdiv(Tq, bm), splits)
+    global LAST_COMPILED, LAST_LAUNCH
+    LAST_LAUNCH = {"grid": grid, "splits": splits, "block_m": bm, "block_n": bn, "num_warps": nw, "num_stages": ns}
     LAST_COMPILED = _hstu_attn_fwd[grid](
-        q, k, v, out, offsets, ts_s, pos_w, time_w, thr,
+        q, k, v, dst, offsets, q_offs, ts_s, pos_w, time_w, thr,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1),
-        T, n_search, max(1, int(n_search).bit_length()), max_seq_len, num_time_buckets,
-        1.0 / float(attn_n), _LOG2_SCALE,
+        dst.stride(-3), dst.stride(-2), dst.stride(0) if splits > 1 else 0,
+        T, Tq, n_search, max(1, int(n_search).bit_length()), max_seq_len, num_time_buckets,
+        1.0 / float(attn_n), _LOG2_SCALE, splits,
         H=H, HP=triton.next_power_of_2(H), QK_DIM=qk_dim, V_DIM=v_dim,
         BLOCK_DQ=max(16, triton.next_power_of_2(qk_dim)),
         BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
         FAST_SILU=(q.dtype != torch.float32 and not interp and fast_silu),
         PREFETCH=prefetch if prefetch is not None else cfg.get("prefetch", True),
+        HAS_QOFF=has_q, SPLIT=splits > 1,
         num_warps=nw, num_stages=ns,
     )
+    if splits > 1:
+        if out.dtype == torch.float32:
+            torch.sum(dst, 0, out=out)
+        else:
+            out.copy_(dst.sum(0))
     return out
 
 
 # --------------------------------------------------------------------------- dispatcher
 def hstu_attention(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int, num_time_buckets: int,
-                   max_seq_len: int | None = None, *, impl: str | None = None) -> torch.Tensor:
+                   max_seq_len: int | None = None, *, q_offsets: torch.Tensor | None = None,
+                   impl: str | None = None) -> torch.Tensor:
     """Dispatcher: Triton on CUDA, the reference elsewhere and while exporting.
 
     ``impl`` (or env ``STREAMREC_KERNELS[_HSTU_ATTENTION]``) = auto | reference | triton.
+    ``q_offsets``: queries on the last rows of each key sequence (module docstring); a tensor
+    passed positionally as the 10th argument (pipeline.hstu's signature) is taken as it.
     """
+    max_seq_len, q_offsets = _split_args(max_seq_len, q_offsets)
     want = _dispatch.requested_impl("hstu_attention", impl)
     if want == "reference":
         return hstu_attention_reference(q, k, v, offsets, ts_s, pos_w, time_w, attn_n,
-                                        num_time_buckets, max_seq_len)
+                                        num_time_buckets, max_seq_len, q_offsets=q_offsets)
     ok, why = _dispatch.triton_usable_for(q, k, v, pos_w, time_w)
     if want == "triton" and not ok:
         raise RuntimeError(f"hstu_attention: Triton path forced but unusable: {why}")
     if ok and want in ("auto", "triton"):
         return hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n,
-                                     num_time_buckets, max_seq_len)
+                                     num_time_buckets, max_seq_len, q_offsets=q_offsets)
     return hstu_attention_reference(q, k, v, offsets, ts_s, pos_w, time_w, attn_n,
-                                    num_time_buckets, max_seq_len)
+                                    num_time_buckets, max_seq_len, q_offsets=q_offsets)
 
 
 def flops(offsets: torch.Tensor, H: int, qk_dim: int, v_dim: int) -> int:
@@ -432,6 +626,6 @@ def flops(offsets: torch.Tensor, H: int, qk_dim: int, v_dim: int) -> int:
 
 __all__ = [
     "hstu_attention", "hstu_attention_reference", "hstu_attention_triton", "hstu_attention_padded",
-    "padded_index", "time_bucket", "relative_bias", "flops", "default_config",
+    "hstu_decode_padded", "pad_keys", "padded_index", "time_bucket", "relative_bias", "flops", "default_config",
 ]
 

@@ -47,7 +47,7 @@ if applied > 0 then
   redis.call('HSET', KEYS[2], 'last_ts', string.format('%d', last_ts))
   redis.call('LTRIM', KEYS[1], -cap, -1)
 end
-return {applied, existed, redis.call('LRANGE', KEYS[1], 0, -1)}
+return {applied, existed, redis.call('LRANGE', KEYS[1], 0, -1), tonumber(redis.call('HGET', KEYS[2], 'applied') or '0')}
 """
 
 
@@ -67,6 +67,7 @@ class UserState:
     applied: int  # events of this update that were new (0 = a full redelivery)
     existed: bool  # the user had stored state before this update
     cache_present: bool = False  # an embedding cache entry existed when the update ran
+    total: int = 0  # events ever applied for the user (the history keeps the newest ``cap``)
 
 
 @dataclass
@@ -122,13 +123,14 @@ class HistoryStore:
             replies = await pipe.execute()
         out: dict[str, UserState] = {}
         for i, uid in enumerate(users):
-            applied, existed, raw_events = replies[2 * i]
+            applied, existed, raw_events, total = replies[2 * i]
             out[uid] = UserState(
                 user_id=uid,
                 events=[unpack_event(r) for r in raw_events],
                 applied=int(applied),
                 existed=bool(existed),
                 cache_present=bool(replies[2 * i + 1]),
+                total=max(int(total), len(raw_events)),
             )
         return out
 

@@ -120,43 +120,66 @@ def hstu_attention_reference(
     time_w: Tensor,
     attn_n: int,
     num_time_buckets: int,
+    q_offsets: Tensor | None = None,
 ) -> Tensor:
     """HSTU pointwise attention on a jagged batch, the readable reference.
 
-    q, k: (T, H, qk_dim); v: (T, H, v_dim); offsets: (B+1,) int64, offsets[0] = 0,
+    k: (T, H, qk_dim); v: (T, H, v_dim); offsets: (B+1,) int64, offsets[0] = 0,
     offsets[-1] = T; ts_s: (T,) int64 seconds; pos_w: (max_seq_len,);
-    time_w: (num_time_buckets,). Returns (T, H, v_dim):
+    time_w: (num_time_buckets,). Returns (Tq, H, v_dim):
 
-        out_i = sum_{j <= i, same sequence} SiLU(q_i . k_j + rab(i, j)) / attn_n * v_j
+        out_i = sum_{j <= p(i), same sequence} SiLU(q_i . k_j + rab(p(i), j)) / attn_n * v_j
+
+    Without ``q_offsets`` the queries are every row (q: (T, H, qk_dim), p(i) = i). With
+    ``q_offsets`` (B+1,) the queries are only the LAST ``q_offsets[b+1] - q_offsets[b]`` rows
+    of each key sequence (q: (Tq, H, qk_dim)), aligned bottom-right: query i of sequence b sits
+    at position ``Lk_b - Lq_b + i``. That is the decode step of incremental encoding
+    (new events attend to the cached keys/values of the earlier ones).
 
     Loops over sequences; never pads.
     """
-    T, H, _ = q.shape
-    out = q.new_zeros((T, H, v.shape[-1]))
-    bounds = offsets.tolist()
+    q_offsets = offsets if q_offsets is None else q_offsets
+    H = q.shape[1]
+    out = q.new_zeros((q.shape[0], H, v.shape[-1]))
+    bounds, qbounds = offsets.tolist(), q_offsets.tolist()
     for b in range(len(bounds) - 1):
         s, e = bounds[b], bounds[b + 1]
-        if e <= s:
+        qs_, qe = qbounds[b], qbounds[b + 1]
+        L, Lq = e - s, qe - qs_
+        if Lq <= 0:
             continue
-        L = e - s
-        qs, ks, vs = q[s:e], k[s:e], v[s:e]
-        scores = torch.einsum("ihd,jhd->hij", qs, ks)  # (H, L, L)
-        scores = scores + _rab(ts_s[s:e], pos_w, time_w, num_time_buckets).to(scores.dtype)
-        causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+        if Lq > L:
+            raise ValueError(f"sequence {b}: {Lq} queries but only {L} keys")
+        qs, ks, vs = q[qs_:qe], k[s:e], v[s:e]
+        scores = torch.einsum("ihd,jhd->hij", qs, ks)  # (H, Lq, L)
+        scores = scores + _rab(ts_s[s:e], pos_w, time_w, num_time_buckets)[L - Lq :].to(scores.dtype)
+        causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()[L - Lq :]
         a = F.silu(scores) / attn_n
         a = a.masked_fill(~causal, 0.0)
-        out[s:e] = torch.einsum("hij,jhd->ihd", a, vs)
+        out[qs_:qe] = torch.einsum("hij,jhd->ihd", a, vs)
     return out
 
 
-def _jagged_to_padded_index(offsets: Tensor) -> tuple[Tensor, Tensor, int]:
-    """(batch index, position) of every jagged row, and the batch max length."""
+def _seq_pos(offsets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(sequence index, position in its sequence) of every jagged row, and the lengths."""
     lengths = offsets[1:] - offsets[:-1]
-    B = lengths.shape[0]
-    max_len = int(lengths.max().item()) if B > 0 else 0
-    seq = torch.repeat_interleave(torch.arange(B, device=offsets.device), lengths)
-    pos = torch.arange(int(offsets[-1].item()), device=offsets.device) - offsets[:-1][seq]
-    return seq, pos, max_len
+    seq = torch.repeat_interleave(torch.arange(lengths.shape[0], device=offsets.device), lengths)
+    pos = torch.arange(seq.shape[0], device=offsets.device) - offsets[:-1][seq]
+    return seq, pos, lengths
+
+
+def _rows_of(offsets: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows of the jagged sequences ``users`` (in that order) and their own offsets."""
+    lengths = (offsets[1:] - offsets[:-1])[users]
+    sub = torch.zeros(users.shape[0] + 1, dtype=torch.long, device=offsets.device)
+    sub[1:] = torch.cumsum(lengths, 0)
+    seq, pos, _ = _seq_pos(sub)
+    return offsets[:-1][users][seq] + pos, sub
+
+
+# Largest padded score tensor (B x H x Lq x Lk elements) built at once; bigger batches are cut
+# into groups of users with similar shapes.
+_PADDED_MAX_ELEMENTS = 1 << 23
 
 
 def hstu_attention_padded(
@@ -169,32 +192,67 @@ def hstu_attention_padded(
     time_w: Tensor,
     attn_n: int,
     num_time_buckets: int,
+    q_offsets: Tensor | None = None,
 ) -> Tensor:
-    """Same op as :func:`hstu_attention_reference`, padded to the batch max internally.
+    """Same op as :func:`hstu_attention_reference`, padded internally for speed.
 
-    Used by training for speed (one batched matmul instead of a Python loop).
-    Padding cannot change the result: the normaliser is the fixed ``attn_n`` and
-    padded keys are masked to exactly 0.
+    Used by training and by incremental encoding on the CPU (batched matmuls instead of a
+    Python loop per sequence). Users are padded in groups of similar shape so that no
+    score tensor exceeds ``_PADDED_MAX_ELEMENTS``. Padding cannot change the result: the
+    normaliser is the fixed ``attn_n`` and padded keys are masked to exactly 0.
     """
-    T, H, dqk = q.shape
+    q_offsets = offsets if q_offsets is None else q_offsets
+    H = q.shape[1]
+    B = offsets.shape[0] - 1
+    if q.shape[0] == 0 or B == 0:
+        return q.new_zeros((q.shape[0], H, v.shape[-1]))
+    lk = (offsets[1:] - offsets[:-1]).tolist()
+    lq = (q_offsets[1:] - q_offsets[:-1]).tolist()
+    if B * H * max(lq) * max(lk) <= _PADDED_MAX_ELEMENTS:
+        return _attention_padded_group(q, k, v, offsets, q_offsets, ts_s, pos_w, time_w, attn_n, num_time_buckets)
+    out = q.new_zeros((q.shape[0], H, v.shape[-1]))
+    order = sorted(range(B), key=lambda b: (lq[b], lk[b]))
+    group: list[int] = []
+    group_lk = 0
+    for n, b in enumerate(order):
+        group.append(b)
+        group_lk = max(group_lk, lk[b])
+        nxt = order[n + 1] if n + 1 < B else None
+        if nxt is None or (len(group) + 1) * H * lq[nxt] * max(lk[nxt], group_lk) > _PADDED_MAX_ELEMENTS:
+            users = torch.tensor(group, dtype=torch.long, device=offsets.device)
+            krows, koff = _rows_of(offsets, users)
+            qrows, qoff = _rows_of(q_offsets, users)
+            out[qrows] = _attention_padded_group(q[qrows], k[krows], v[krows], koff, qoff, ts_s[krows], pos_w, time_w,
+                                                 attn_n, num_time_buckets)
+            group, group_lk = [], 0
+    return out
+
+
+def _attention_padded_group(q, k, v, offsets, q_offsets, ts_s, pos_w, time_w, attn_n, num_time_buckets) -> Tensor:
+    _, H, dqk = q.shape
     dv = v.shape[-1]
     B = offsets.shape[0] - 1
-    if T == 0 or B == 0:
-        return q.new_zeros((T, H, dv))
-    seq, pos, L = _jagged_to_padded_index(offsets)
-    qp = q.new_zeros((B, L, H, dqk)); qp[seq, pos] = q
-    kp = k.new_zeros((B, L, H, dqk)); kp[seq, pos] = k
-    vp = v.new_zeros((B, L, H, dv)); vp[seq, pos] = v
-    tp = ts_s.new_zeros((B, L)); tp[seq, pos] = ts_s
-    valid = torch.zeros((B, L), dtype=torch.bool, device=q.device)
-    valid[seq, pos] = True
-    scores = torch.einsum("bihd,bjhd->bhij", qp, kp)
-    scores = scores + _rab(tp, pos_w, time_w, num_time_buckets).to(scores.dtype)[:, None]
-    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    mask = causal[None, None] & valid[:, None, None, :]
-    a = (F.silu(scores) / attn_n).masked_fill(~mask, 0.0)
+    kseq, kpos, lk = _seq_pos(offsets)
+    qseq, qpos, lq = _seq_pos(q_offsets)
+    if bool((lq > lk).any()):
+        raise ValueError("a sequence has more queries than keys")
+    Lk, Lq = int(lk.max()), int(lq.max())
+    kp = k.new_zeros((B, Lk, H, dqk)); kp[kseq, kpos] = k
+    vp = v.new_zeros((B, Lk, H, dv)); vp[kseq, kpos] = v
+    tp = ts_s.new_zeros((B, Lk)); tp[kseq, kpos] = ts_s
+    qp = q.new_zeros((B, Lq, H, dqk)); qp[qseq, qpos] = q
+    # absolute position of each padded query row; rows past a sequence's queries are clamped and dropped
+    p = (lk - lq)[:, None] + torch.arange(Lq, device=q.device)[None, :]  # (B, Lq)
+    p = torch.minimum(p, (lk - 1)[:, None])
+    j = torch.arange(Lk, device=q.device)
+    rel = (p[:, :, None] - j[None, None, :]).clamp(min=0, max=pos_w.shape[0] - 1)  # (B, Lq, Lk)
+    dt = torch.gather(tp, 1, p)[:, :, None] - tp[:, None, :]
+    rab = pos_w[rel] + time_w[time_bucket(dt, num_time_buckets)]
+    scores = torch.einsum("bihd,bjhd->bhij", qp, kp) + rab.to(q.dtype)[:, None]
+    mask = j[None, None, :] <= p[:, :, None]  # also masks padded keys (p < Lk_b)
+    a = (F.silu(scores) / attn_n).masked_fill(~mask[:, None], 0.0)
     out = torch.einsum("bhij,bjhd->bihd", a, vp)
-    return out[seq, pos]
+    return out[qseq, qpos]
 
 
 AttentionFn = Callable[..., Tensor]
@@ -212,27 +270,26 @@ class HSTULayer(nn.Module):
         self.out = nn.Linear(H * cfg.v_dim, cfg.dim)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, offsets: Tensor, ts_s: Tensor, attention: AttentionFn) -> Tensor:
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Equation (1): u (T, H*v_dim), v (T, H, v_dim), q and k (T, H, qk_dim) of each row."""
         cfg = self.cfg
-        T = x.shape[0]
-        H = cfg.num_heads
+        T, H = x.shape[0], cfg.num_heads
         h = F.silu(self.uvqk(self.norm(x)))
         u, v, q, k = torch.split(
             h, [H * cfg.v_dim, H * cfg.v_dim, H * cfg.qk_dim, H * cfg.qk_dim], dim=-1
         )
-        av = attention(
-            q.reshape(T, H, cfg.qk_dim),
-            k.reshape(T, H, cfg.qk_dim),
-            v.reshape(T, H, cfg.v_dim),
-            offsets,
-            ts_s,
-            self.pos_w,
-            self.time_w,
-            cfg.attn_n,
-            cfg.num_time_buckets,
-        ).reshape(T, H * cfg.v_dim)
-        y = u * F.layer_norm(av, (H * cfg.v_dim,), eps=1e-6)
+        return u, v.reshape(T, H, cfg.v_dim), q.reshape(T, H, cfg.qk_dim), k.reshape(T, H, cfg.qk_dim)
+
+    def combine(self, x: Tensor, u: Tensor, av: Tensor) -> Tensor:
+        """Equation (3): ``x + W_o (u * LayerNorm(av)) + b_o`` with av (T, H, v_dim)."""
+        av = av.reshape(x.shape[0], -1)
+        y = u * F.layer_norm(av, (av.shape[-1],), eps=1e-6)
         return x + self.dropout(self.out(y))
+
+    def forward(self, x: Tensor, offsets: Tensor, ts_s: Tensor, attention: AttentionFn) -> Tensor:
+        u, v, q, k = self.project(x)
+        av = attention(q, k, v, offsets, ts_s, self.pos_w, self.time_w, self.cfg.attn_n, self.cfg.num_time_buckets)
+        return self.combine(x, u, av)
 
 
 class HSTUEncoder(SequenceEncoder):
@@ -264,11 +321,14 @@ class HSTUEncoder(SequenceEncoder):
     def set_attention(self, fn: AttentionFn) -> None:
         self.attention = fn
 
+    def embed_events(self, item_idx: Tensor, action_idx: Tensor) -> Tensor:
+        """The first layer's input: item embedding + action-type embedding, (T, dim)."""
+        return self.input_dropout(self.item_emb(item_idx) + self.action_emb(action_idx))
+
     def encode(self, item_idx: Tensor, action_idx: Tensor, ts_ms: Tensor, offsets: Tensor) -> Tensor:
         """Every position's output, (T, dim), for a jagged batch (values + offsets)."""
         self._check(item_idx, action_idx, ts_ms, offsets)
-        x = self.item_emb(item_idx) + self.action_emb(action_idx)
-        x = self.input_dropout(x)
+        x = self.embed_events(item_idx, action_idx)
         ts_s = torch.div(ts_ms, 1000, rounding_mode="floor")
         for layer in self.layers:
             x = layer(x, offsets, ts_s, self.attention)

@@ -6,6 +6,7 @@ through ONE jagged batched encode and one retrieval matmul.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Sequence
@@ -17,7 +18,14 @@ from pipeline.model_dir import ModelBundle
 from pipeline.retrieval import top_k_items
 from pipeline.vocab import ACTION_INDEX, ACTIONS
 
-__all__ = ["HistoryEvent", "UserRequest", "Recommendation", "Recommender", "JaggedBatch", "build_jagged"]
+__all__ = ["HistoryEvent", "UserRequest", "Recommendation", "Recommender", "JaggedBatch", "build_jagged",
+           "history_window"]
+
+log = logging.getLogger("streamrec.recommender")
+
+AUTO_STATE_BYTES = 256 << 20
+# on an H200 the decode step paid off from about 500 cached events (docs/perf.md, incremental encoding)
+AUTO_GPU_MIN_SEQ_LEN = 512
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,25 @@ class HistoryEvent:
 @dataclass(frozen=True)
 class UserRequest:
     user_id: str
-    events: Sequence[HistoryEvent]  # chronological, already capped
+    events: Sequence[HistoryEvent]  # chronological, the stored history (already capped)
+    total: int | None = None  # events ever stored for the user (>= len(events)); None = len(events)
+
+
+def history_window(total: int, stored: int, max_len: int, slack: int) -> int:
+    """How many of a user's newest events the encoder sees, given ``total`` events ever stored.
+
+    All of them up to ``max_len``. Past it the window does not slide by one event per event
+    (that would change every row of the encoder and defeat incremental encoding): it restarts
+    at ``max_len - slack + 1`` events and grows to ``max_len`` again, so it moves once per
+    ``slack`` events. ``slack = 1`` is the exact sliding window. A function of ``total`` only,
+    so every backend and every worker, with or without encoder states, sees the same window.
+    """
+    if not 1 <= slack <= max_len:
+        raise ValueError(f"window slack must be in [1, max_seq_len={max_len}], got {slack}")
+    total = max(total, stored)
+    if total <= max_len:
+        return stored
+    return min(stored, max_len - slack + 1 + (total - max_len - 1) % slack)
 
 
 @dataclass(frozen=True)
@@ -100,7 +126,8 @@ class Recommender:
     generator_name: str = "retrieval"
 
     def __init__(self, bundle: ModelBundle, k: int = 10, exclude_recent: int = 50, device: str = "cpu",
-                 encoder_backend: str = "torch", encoder_options: dict | None = None) -> None:
+                 encoder_backend: str = "torch", encoder_options: dict | None = None,
+                 hot_state_bytes: int = 0, window_slack: int = 0) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if exclude_recent < 0:
@@ -120,6 +147,37 @@ class Recommender:
         from pipeline.encoders import build_encoder
 
         self._user_encoder = build_encoder(bundle, encoder_backend, self.device, encoder_options)
+        max_len = bundle.config.max_seq_len
+        self.window_slack = window_slack or max(1, max_len // 4)
+        history_window(max_len, max_len, max_len, self.window_slack)  # validates the slack
+        self.hot = self._hot_states(hot_state_bytes)
+
+    def _hot_states(self, budget: int):
+        """Incremental encoding (pipeline/hot_states.py) where it can run: HSTU on the torch backend.
+
+        ``budget`` < 0 is auto: 256 MiB on the CPU; on CUDA only for max_seq_len >= 512 (docs/incremental.md)."""
+        if budget < 0:
+            budget = AUTO_STATE_BYTES
+            if self.device.type == "cuda" and self.bundle.config.max_seq_len < AUTO_GPU_MIN_SEQ_LEN:
+                log.info("encoder states off (auto): on CUDA a full re-encode of at most %d events costs no more "
+                         "than a decode step; set STREAMREC_ENCODER_STATE_MB to force them on",
+                         self.bundle.config.max_seq_len)
+                return None
+        if budget == 0:
+            return None
+        from pipeline.hot_states import HotStates
+        from pipeline.hstu import HSTUEncoder
+
+        backend = self._user_encoder.backend
+        enc = getattr(backend, "encoder", None)
+        if backend.name != "torch" or not isinstance(enc, HSTUEncoder) or backend.compiled:
+            log.info("encoder states off: incremental encoding needs the HSTU model on the eager torch encoder "
+                     "backend", extra={"encoder": self._user_encoder.describe(), "model": type(self.encoder).__name__})
+            return None
+        hot = HotStates(enc, budget, device=self.device)
+        log.info("encoder states on", extra={"budget_bytes": budget, "pages": hot.arena.num_pages,
+                                             "page_bytes": hot.arena.page_bytes})
+        return hot
 
     @property
     def encoder_name(self) -> str:
@@ -131,14 +189,22 @@ class Recommender:
         for r in requests:
             if not r.events:
                 raise ValueError(f"user {r.user_id!r} has no events to recommend from")
-        batch = build_jagged(
-            [r.events for r in requests], self.bundle.item_index, self.bundle.config.num_items, self.bundle.config.max_seq_len
-        )
+        max_len = self.bundle.config.max_seq_len
+        windows, starts = [], []
+        for r in requests:
+            total = len(r.events) if r.total is None else r.total
+            w = history_window(total, len(r.events), max_len, self.window_slack)
+            windows.append(r.events[len(r.events) - w :])
+            starts.append(max(total, len(r.events)) - w)
+        batch = build_jagged(windows, self.bundle.item_index, self.bundle.config.num_items)
         with self._lock:
             self.oov_count += batch.oov
-        b = batch.to(self.device)
         with torch.inference_mode():
-            emb = self._user_encoder(b.item_idx, b.action_idx, b.ts_ms, b.offsets).to(self.device)
+            if self.hot is not None:
+                emb = self.hot.embed([r.user_id for r in requests], starts, batch).float()
+            else:
+                b = batch.to(self.device)
+                emb = self._user_encoder(b.item_idx, b.action_idx, b.ts_ms, b.offsets).to(self.device)
         return emb, batch
 
     def embed(self, requests: Sequence[UserRequest]) -> np.ndarray:

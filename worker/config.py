@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     encoder_backend: Literal["auto", "tensorrt", "onnxruntime", "torch"] = "auto"
     generator_backend: Literal["auto", "vllm", "torch", "retrieval"] = "auto"
     embedding_ttl_s: float = Field(900.0, gt=0, description="TTL of cached user embeddings")
+    encoder_state_mb: int = Field(
+        -1, ge=-1, description="memory budget (MiB, on the model's device) for per-user HSTU encoder states: a "
+                               "user who keeps one costs a decode step per new event instead of a full re-encode "
+                               "(docs/incremental.md); 0 turns incremental encoding off; -1 (auto) = 256 on the "
+                               "CPU, and on CUDA 256 only for models with max_seq_len >= 512 (below that a full "
+                               "re-encode on the GPU is as fast as the decode step's overhead)")
+    window_slack: int = Field(
+        0, ge=0, description="past max_seq_len events the encoder window restarts at max_seq_len - slack + 1 "
+                             "events so that it moves once per `slack` events; 0 = max_seq_len // 4, 1 = exact "
+                             "sliding window (docs/incremental.md)")
 
     # operations
     metrics_host: str = "127.0.0.1"

@@ -17,6 +17,7 @@ import torch
 
 from pipeline.model_dir import ModelBundle, load_model_dir
 from pipeline.recommender import Recommendation, Recommender, UserRequest
+from worker import metrics as m
 
 log = logging.getLogger("streamrec.engine")
 
@@ -38,7 +39,8 @@ def pick_device(device: str) -> str:
 class ModelEngine:
     def __init__(self, bundle: ModelBundle, top_k: int, exclude_recent: int, device: str = "auto",
                  torch_threads: int = 0, chaos_fail_users: frozenset[str] = frozenset(),
-                 encoder_backend: str = "auto", generator_backend: str = "auto"):
+                 encoder_backend: str = "auto", generator_backend: str = "auto", encoder_state_bytes: int = 0,
+                 window_slack: int = 0):
         self.device = pick_device(device)
         self.chaos_fail_users = chaos_fail_users
         self.bundle = bundle
@@ -49,7 +51,10 @@ class ModelEngine:
 
         self.recommender: Recommender = make_recommender(bundle, k=top_k, exclude_recent=exclude_recent,
                                                          device=self.device, encoder_backend=encoder_backend,
-                                                         generator_backend=generator_backend)
+                                                         generator_backend=generator_backend,
+                                                         hot_state_bytes=encoder_state_bytes,
+                                                         window_slack=window_slack)
+        m.HOT_STATES.hot = self.recommender.hot
 
     @classmethod
     def from_dir(cls, model_dir, **kw) -> "ModelEngine":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 _LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -34,3 +34,43 @@ BACKEND = Gauge("streamrec_backend_info", "Backend in use", ["component", "backe
 MODEL_INFO = Gauge("streamrec_model_info", "Model loaded", ["version"])
 DEVICE_MEMORY = Gauge("streamrec_device_memory_bytes", "Device memory allocated by torch (CUDA only)")
 REBALANCES = Counter("streamrec_rebalances_total", "Partition revocations and assignments", ["kind"])
+
+
+class _EncoderStates:
+    """Exports the live counters of the model's encoder states (pipeline/hot_states.py) at scrape time."""
+
+    hot = None  # the HotStates of the running engine, or None when incremental encoding is off
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        hot = self.hot
+        if hot is None:
+            return
+        s = hot.stats
+        lookups = CounterMetricFamily("streamrec_encoder_state_lookups", "Encoder-state lookups per user and "
+                                      "batch: reuse (nothing new), hit (decode), miss, stale, window_moved", labels=["result"])
+        for result in ("reuse", "hit", "miss", "stale", "window_moved"):
+            lookups.add_metric([result], s.lookups.get(result, 0))
+        yield lookups
+        reprefills = CounterMetricFamily("streamrec_encoder_state_reprefills", "States rebuilt from scratch",
+                                         labels=["reason"])
+        for reason in ("stale", "window_moved"):
+            reprefills.add_metric([reason], s.reprefills.get(reason, 0))
+        yield reprefills
+        events = CounterMetricFamily("streamrec_encoder_state_events", "Events encoded, by mode", labels=["mode"])
+        events.add_metric(["decode"], s.events_decoded)
+        events.add_metric(["prefill"], s.events_prefilled)
+        yield events
+        yield CounterMetricFamily("streamrec_encoder_state_evictions", "States evicted for a hotter user",
+                                  value=s.evictions)
+        yield CounterMetricFamily("streamrec_encoder_state_rejections", "Users encoded without keeping a state "
+                                  "(not hot enough, or no room)", value=s.rejections)
+        yield GaugeMetricFamily("streamrec_encoder_state_bytes", "Arena bytes holding states", value=hot.bytes_in_use)
+        yield GaugeMetricFamily("streamrec_encoder_state_budget_bytes", "Arena size (the budget)",
+                                value=hot.arena.num_pages * hot.arena.page_bytes)
+        yield GaugeMetricFamily("streamrec_encoder_state_users", "Users holding a state", value=len(hot.states))
+
+
+HOT_STATES = _EncoderStates()
+REGISTRY.register(HOT_STATES)

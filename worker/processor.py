@@ -121,7 +121,7 @@ class BatchProcessor:
 
         with _Stage("model"):
             oov_before = self.engine.recommender.oov_count
-            result = await self.engine.recommend([UserRequest(u, states[u].events) for u in users])
+            result = await self.engine.recommend([UserRequest(u, states[u].events, states[u].total) for u in users])
             m.OOV_ITEMS.inc(self.engine.recommender.oov_count - oov_before)
         for uid, reason in result.failures.items():
             for r in users[uid].records:

@@ -33,6 +33,57 @@ def test_hstu_attention_gpu(dtype, B, max_len, H, qk, vd):
     assert err < TOL[dtype], err
 
 
+def _decode_case(B, max_len, H, qk, vd, dtype, lq, seed, fixed_len=False):
+    """Key sequences (lengths 1..max_len, or all max_len) and Lq_b queries on their last rows
+    (Lq_b = min(lq, Lk_b), or uniform in 0..Lk_b when lq is None)."""
+    from kernels.testing import random_jagged_attention_inputs
+    lengths = torch.full((B,), max_len) if fixed_len else None
+    a = random_jagged_attention_inputs(B, max_len, H, qk, vd, dtype=dtype, device="cuda", seed=seed,
+                                       scale=0.5, lengths=lengths)
+    g = torch.Generator().manual_seed(seed)
+    lk = (a["offsets"][1:] - a["offsets"][:-1]).cpu()
+    lqs = lk.clamp(max=lq) if lq is not None else (torch.rand(B, generator=g) * (lk + 1)).long().clamp(max=lk)
+    qo = torch.zeros(B + 1, dtype=torch.int64)
+    qo[1:] = lqs.cumsum(0)
+    a["q"] = (torch.randn(int(qo[-1]), H, qk, generator=g) * 0.5).to(dtype).cuda()
+    return a, qo.cuda()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("B,max_len,H,qk,vd,lq,fixed", [
+    (64, 2048, 2, 64, 64, 1, True),       # decode: one new event per user, 2048 cached keys each
+    (300, 500, 2, 64, 64, 1, False),      # decode, many users, lengths 1..500
+    (7, 2048, 4, 64, 64, 1, False),
+    (16, 1024, 2, 64, 64, None, False),   # Lq_b uniform in 0..Lk_b
+    (9, 77, 3, 16, 48, 5, False),
+    (33, 300, 1, 128, 64, 16, False),
+])
+def test_hstu_attention_q_offsets_gpu(dtype, B, max_len, H, qk, vd, lq, fixed):
+    from kernels import hstu_attention as ha
+    from kernels.testing import rel_err
+    a, qo = _decode_case(B, max_len, H, qk, vd, dtype, lq, seed=B + max_len + H, fixed_len=fixed)
+    ref = ha.hstu_attention_reference(
+        a["q"].double(), a["k"].double(), a["v"].double(), a["offsets"], a["ts_s"],
+        a["pos_w"].double(), a["time_w"].double(), a["attn_n"], a["num_time_buckets"], a["max_seq_len"],
+        q_offsets=qo)
+    out = ha.hstu_attention(**a, q_offsets=qo)                           # dispatcher: auto key split
+    assert out.dtype == dtype and out.shape == (a["q"].shape[0], H, vd)
+    assert rel_err(out, ref) < TOL[dtype]
+    one = ha.hstu_attention_triton(**a, q_offsets=qo, num_splits=1)     # no split
+    assert rel_err(one, ref) < TOL[dtype]
+
+
+def test_hstu_attention_q_offsets_full_equals_plain_gpu():
+    """q_offsets == offsets (every row a query) goes through the q_offsets code path and must
+    agree with the plain op; the plain op itself must be unchanged (bitwise, same config)."""
+    from kernels import hstu_attention as ha
+    from kernels.testing import random_jagged_attention_inputs, rel_err
+    a = random_jagged_attention_inputs(16, 300, 2, 64, 64, dtype=torch.bfloat16, device="cuda", seed=3, scale=0.5)
+    plain = ha.hstu_attention_triton(**a)
+    assert torch.equal(plain, ha.hstu_attention_triton(**a, q_offsets=a["offsets"]))   # same object: plain path
+    assert rel_err(ha.hstu_attention_triton(**a, q_offsets=a["offsets"].clone()), plain) < 1e-3
+
+
 def test_time_bucket_matches_on_gpu():
     from kernels import hstu_attention as ha
     dt = torch.arange(-(1 << 20), 1 << 22, device="cuda")

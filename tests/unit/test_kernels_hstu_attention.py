@@ -135,3 +135,134 @@ def test_timestamps_far_apart(interp):
     ts[12:] = torch.tensor([0, 10, 2**31, 2**31 + 7, 2**33, 2**33 + 1])
     a["ts_s"] = ts
     assert kt.rel_err(ha.hstu_attention_triton(**a), _ref64(a, ha)) < 1e-5
+
+
+# ----------------------------------------------------------------- queries on the last rows (q_offsets)
+def _decode_inputs(B, max_len, H, qk, vd, dtype=torch.float32, seed=0, lq=None):
+    """Random key sequences (lengths 1..max_len) and, per sequence, Lq_b queries on its last rows:
+    Lq_b uniform in 0..Lk_b, or ``lq`` (an int, capped at Lk_b).  Returns (kwargs, q_offsets, Lq)."""
+    a = kt.random_jagged_attention_inputs(B, max_len, H, qk, vd, dtype=dtype, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    lk = (a["offsets"][1:] - a["offsets"][:-1]).tolist()
+    lqs = [min(lq, n) if lq is not None else int(torch.randint(0, n + 1, (1,), generator=g)) for n in lk]
+    q_offsets = torch.zeros(B + 1, dtype=torch.int64)
+    q_offsets[1:] = torch.cumsum(torch.tensor(lqs), 0)
+    a["q"] = torch.randn(int(q_offsets[-1]), H, qk, generator=g).to(dtype)
+    return a, q_offsets, lqs
+
+
+def _ref64_q(a, ha, q_offsets):
+    return ha.hstu_attention_reference(
+        a["q"].double(), a["k"].double(), a["v"].double(), a["offsets"], a["ts_s"],
+        a["pos_w"].double(), a["time_w"].double(), a["attn_n"], a["num_time_buckets"], a["max_seq_len"],
+        q_offsets=q_offsets)
+
+
+@pytest.mark.parametrize("B,H,qk,vd,dtype,tol,lq", [
+    (7, 1, 16, 32, torch.float32, 1e-5, None),
+    (6, 2, 32, 16, torch.float32, 1e-5, None),
+    (9, 2, 16, 16, torch.float32, 1e-5, 1),      # decode: one new event per user
+    (6, 2, 16, 32, torch.float16, 1e-2, None),
+    (9, 1, 32, 16, torch.float16, 1e-2, 1),
+])
+def test_triton_q_offsets_matches_reference(interp, B, H, qk, vd, dtype, tol, lq):
+    ha = interp
+    a, qo, lqs = _decode_inputs(B, 40, H, qk, vd, dtype=dtype, seed=B * 10 + H + qk, lq=lq)
+    ref = _ref64_q(a, ha, qo)
+    for splits in (None, 3):
+        out = ha.hstu_attention_triton(**a, q_offsets=qo, num_splits=splits)
+        assert out.shape == (int(qo[-1]), H, vd) and out.dtype == dtype
+        assert kt.rel_err(out, ref) < tol, (splits, lqs)
+
+
+def test_q_offsets_block_sizes_prefetch_and_empty_query_sets(interp):
+    ha = interp
+    # sequences without queries between ones with queries (their key tiles are skipped), one
+    # sequence whose queries are all its rows, a short position table, and a 4-way key split
+    lengths = torch.tensor([30, 3, 40, 1, 17, 25])
+    a = kt.random_jagged_attention_inputs(6, 40, 2, 16, 16, lengths=lengths, max_seq_len=8, seed=31)
+    lqs = torch.tensor([1, 0, 0, 1, 17, 2])
+    qo = torch.zeros(7, dtype=torch.int64)
+    qo[1:] = lqs.cumsum(0)
+    a["q"] = torch.randn(int(qo[-1]), 2, 16, generator=torch.Generator().manual_seed(2))
+    ref = _ref64_q(a, ha, qo)
+    for bm, bn, pf, ns in [(16, 16, False, 1), (16, 32, True, 1), (32, 16, False, 4), (16, 16, True, 2)]:
+        out = ha.hstu_attention_triton(**a, q_offsets=qo, block_m=bm, block_n=bn, prefetch=pf, num_splits=ns)
+        assert kt.rel_err(out, ref) < 1e-5, (bm, bn, pf, ns)
+    # no queries at all
+    empty = ha.hstu_attention_triton(**dict(a, q=a["q"][:0]), q_offsets=torch.zeros(7, dtype=torch.int64))
+    assert empty.shape == (0, 2, 16)
+
+
+def test_reference_q_offsets_is_last_rows_of_full(interp):
+    """Prefill-decode equivalence: queries on the last Lq_b rows give those rows of the full op."""
+    ha = interp
+    a = kt.random_jagged_attention_inputs(8, 40, 2, 16, 32, seed=41)
+    off = a["offsets"]
+    g = torch.Generator().manual_seed(5)
+    lk = (off[1:] - off[:-1]).tolist()
+    lqs = [int(torch.randint(0, n + 1, (1,), generator=g)) for n in lk]
+    lqs[0] = lk[0]                                   # one sequence entirely queries
+    rows = torch.cat([torch.arange(int(off[b + 1]) - lqs[b], int(off[b + 1])) for b in range(8)])
+    qo = torch.zeros(9, dtype=torch.int64)
+    qo[1:] = torch.cumsum(torch.tensor(lqs), 0)
+    full = ha.hstu_attention_reference(**a)
+    part = ha.hstu_attention_reference(**dict(a, q=a["q"][rows]), q_offsets=qo)
+    assert part.shape == (len(rows), 2, 32)
+    torch.testing.assert_close(part, full[rows], rtol=1e-6, atol=1e-6)
+    # and q_offsets == offsets is the plain op
+    torch.testing.assert_close(ha.hstu_attention_reference(**a, q_offsets=off.clone()), full, rtol=0, atol=0)
+    torch.testing.assert_close(ha.hstu_attention_triton(**a, q_offsets=off.clone()), full, rtol=1e-5, atol=1e-6)
+
+
+def test_q_offsets_dispatcher_and_validation(interp, monkeypatch):
+    ha = interp
+    a, qo, _ = _decode_inputs(4, 12, 2, 8, 8, seed=3, lq=2)
+    ref = ha.hstu_attention_reference(**a, q_offsets=qo)
+    assert kt.rel_err(ha.hstu_attention(**a, q_offsets=qo), ref) < 1e-5             # Triton (interpreter)
+    assert kt.rel_err(ha.hstu_attention(**a, q_offsets=qo, impl="reference"), ref) == 0.0
+    # pipeline.hstu's signature: q_offsets as the 10th positional argument
+    args9 = [a[n] for n in ("q", "k", "v", "offsets", "ts_s", "pos_w", "time_w", "attn_n", "num_time_buckets")]
+    assert kt.rel_err(ha.hstu_attention(*args9, qo), ref) < 1e-5
+    assert kt.rel_err(ha.hstu_attention_reference(*args9, qo), ref) == 0.0
+    # autograd takes the reference path with q_offsets too
+    q = a["q"].clone().requires_grad_(True)
+    ha.hstu_attention(**dict(a, q=q), q_offsets=qo).sum().backward()
+    assert q.grad is not None
+    # without the interpreter: reference
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert kt.rel_err(ha.hstu_attention(**a, q_offsets=qo), ref) == 0.0
+    monkeypatch.undo()
+    # bad inputs
+    with pytest.raises(ValueError):                   # q rows != k rows and no q_offsets
+        ha.hstu_attention(**a)
+    with pytest.raises(ValueError):                   # q_offsets of the wrong length
+        ha.hstu_attention(**a, q_offsets=qo[:-1])
+    bad = qo.clone()
+    bad[1:] = torch.tensor([13, 14, 15, 16])          # more queries than keys in sequence 0
+    with pytest.raises(ValueError):
+        ha.hstu_attention_reference(**dict(a, q=torch.randn(16, 2, 8)), q_offsets=bad)
+
+
+def test_decode_padded_baseline_matches(interp):
+    ha = interp
+    a, qo, _ = _decode_inputs(5, 30, 2, 16, 16, seed=17, lq=1)
+    ref = ha.hstu_attention_reference(**a, q_offsets=qo)
+    args = [a[n] for n in ("q", "k", "v", "offsets", "ts_s", "pos_w", "time_w", "attn_n", "num_time_buckets",
+                           "max_seq_len")]
+    assert kt.rel_err(ha.hstu_decode_padded(*args, padded_len=30), ref) < 1e-5
+    padded = ha.pad_keys(a["k"], a["v"], a["offsets"], a["ts_s"], 32)
+    assert kt.rel_err(ha.hstu_decode_padded(*args, padded_len=32, padded=padded), ref) < 1e-5
+
+
+def test_q_offsets_matches_pipeline_reference(interp):
+    hstu = pytest.importorskip("pipeline.hstu")
+    import inspect
+    if "q_offsets" not in inspect.signature(hstu.hstu_attention_reference).parameters:
+        pytest.skip("pipeline.hstu reference has no q_offsets yet")
+    ha = interp
+    a, qo, _ = _decode_inputs(6, 30, 2, 8, 8, seed=4, lq=3)
+    args9 = [a[n] for n in ("q", "k", "v", "offsets", "ts_s", "pos_w", "time_w", "attn_n", "num_time_buckets")]
+    theirs = hstu.hstu_attention_reference(*args9, q_offsets=qo)
+    assert kt.rel_err(ha.hstu_attention_reference(*args9, q_offsets=qo), theirs) < 1e-6
+    assert kt.rel_err(ha.hstu_attention(*args9, q_offsets=qo), theirs) < 1e-5

@@ -48,7 +48,8 @@ async def build_worker(s: Settings):
     try:
         engine = ModelEngine.from_dir(s.model_dir, top_k=s.top_k, exclude_recent=s.exclude_recent, device=s.device,
                                       torch_threads=s.torch_threads, chaos_fail_users=s.chaos_fail_user_set,
-                                      encoder_backend=s.encoder_backend, generator_backend=s.generator_backend)
+                                      encoder_backend=s.encoder_backend, generator_backend=s.generator_backend,
+                                      encoder_state_bytes=s.encoder_state_mb << 20 if s.encoder_state_mb >= 0 else -1, window_slack=s.window_slack)
     except ModelDirError as e:
         raise StartupError(f"model directory {s.model_dir}: {e}") from None
     except ValueError as e:
