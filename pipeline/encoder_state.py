@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.hstu import HSTUEncoder, hstu_attention_padded
+from pipeline.hstu import HSTUEncoder, _rows_of, hstu_attention_padded, hstu_attention_reference
 
-__all__ = ["StateArena", "UserEncoderState", "extend"]
+__all__ = ["StateArena", "UserEncoderState", "extend", "to_device"]
 
 
 @dataclass
@@ -50,7 +50,7 @@ class UserEncoderState:
 class StateArena:
     """Preallocated, paged keys/values/timestamps (+ one embedding per state) for many users."""
 
-    def __init__(self, encoder: HSTUEncoder, budget_bytes: int, page_rows: int = 32,
+    def __init__(self, encoder: HSTUEncoder, budget_bytes: int, page_rows: int = 16,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
         cfg = encoder.cfg
         if page_rows < 1:
@@ -136,7 +136,7 @@ def extend(
     flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in pages] + [np.zeros(1, dtype=np.int64)])
     host = np.concatenate([np.asarray(old_lengths, dtype=np.int64), np.asarray(new_lengths, dtype=np.int64),
                            np.asarray(keep, dtype=np.int64), np.cumsum([0] + page_counts[:-1], dtype=np.int64), flat])
-    dev_host = _to_device(host, dev)
+    dev_host = to_device(host, dev)
     old, new_len, keep_t, pstart = dev_host[: 4 * B].view(4, B)
     pflat = dev_host[4 * B:]
     keep_t = keep_t.bool()
@@ -157,7 +157,7 @@ def extend(
     x = encoder.embed_events(item_idx, action_idx)
     attention = encoder.attention
     if getattr(attention, "__name__", "") == "hstu_attention_reference":
-        attention = hstu_attention_padded  # same numbers, batched (the reference loops per user)
+        attention = _cpu_attention
     q_off = _offsets(new_len)
     H, dk = cfg.num_heads, cfg.num_heads * cfg.qk_dim
     for li, layer in enumerate(encoder.layers):
@@ -173,6 +173,29 @@ def extend(
     first_page = torch.where(keep_t, pflat[pstart.clamp(max=flat.shape[0] - 1)], arena.num_pages)
     arena.emb.index_copy_(0, first_page, emb)
     return emb
+
+
+# users with at most this many new events are decoded together, padded to the batch's longest state
+_DECODE_ROWS = 8
+
+
+def _cpu_attention(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_buckets, q_offsets):
+    """The encoder's reference attention, except that users with few new rows (decode steps) go through
+    one padded batched op instead of a Python loop per user. Same numbers either way."""
+    lq = (q_offsets[1:] - q_offsets[:-1]).tolist()
+    small = [b for b, n in enumerate(lq) if 0 < n <= _DECODE_ROWS]
+    if len(small) < 2:
+        return hstu_attention_reference(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_buckets, q_offsets)
+    big = [b for b, n in enumerate(lq) if n > _DECODE_ROWS]
+    out = q.new_zeros((q.shape[0], q.shape[1], v.shape[-1]))
+    for users, fn in ((small, hstu_attention_padded), (big, hstu_attention_reference)):
+        if not users:
+            continue
+        idx = torch.tensor(users, dtype=torch.long)
+        krows, koff = _rows_of(offsets, idx)
+        qrows, qoff = _rows_of(q_offsets, idx)
+        out[qrows] = fn(q[qrows], k[krows], v[krows], koff, ts_s[krows], pos_w, time_w, attn_n, num_time_buckets, qoff)
+    return out
 
 
 class _Staging:
@@ -199,7 +222,7 @@ class _Staging:
 _STAGING: dict[tuple[str, str], _Staging] = {}
 
 
-def _to_device(a: np.ndarray, dev: torch.device, slot: str = "extend") -> Tensor:
+def to_device(a: np.ndarray, dev: torch.device, slot: str = "extend") -> Tensor:
     """Host int64 array -> device tensor (asynchronous on CUDA)."""
     if dev.type != "cuda":
         return torch.from_numpy(a)

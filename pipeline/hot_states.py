@@ -25,8 +25,11 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
+import torch
 
-__all__ = ["FrequencySketch", "ResidentSet", "HotStats"]
+from pipeline.encoder_state import StateArena, UserEncoderState, extend, to_device
+
+__all__ = ["FrequencySketch", "ResidentSet", "HotStats", "HotStates", "pick_victim"]
 
 _MASK = (1 << 64) - 1
 _NO_PAGES = np.zeros(0, dtype=np.int64)
@@ -155,10 +158,6 @@ class HotStates:
 
     def __init__(self, encoder, budget_bytes: int, device="cpu", page_rows: int = 16,
                  sketch: FrequencySketch | None = None, sample: int = 8, seed: int = 0) -> None:
-        import torch
-
-        from pipeline.encoder_state import StateArena
-
         self.encoder = encoder
         dtype = next(encoder.parameters()).dtype
         self.arena = StateArena(encoder, budget_bytes, page_rows=page_rows, device=device, dtype=dtype)
@@ -167,7 +166,6 @@ class HotStates:
         self.states: dict = {}
         self.stats = HotStats()
         self.sample = sample
-        self._torch = torch
 
     @property
     def bytes_in_use(self) -> int:
@@ -190,9 +188,6 @@ class HotStates:
         return True
 
     def embed(self, users, starts, batch):
-        torch = self._torch
-        from pipeline.encoder_state import UserEncoderState, _to_device, extend
-
         B = len(users)
         if len(set(users)) != B:
             raise ValueError("users must be distinct within one call")
@@ -230,7 +225,7 @@ class HotStates:
         dev = self.arena.kv.device
         out = torch.empty((B, self.encoder.cfg.dim), dtype=torch.float32, device=dev)
         if not work:
-            rb = _to_device(np.array([b for b, _ in reuse] + [r for _, r in reuse], dtype=np.int64), dev)
+            rb = to_device(np.array([b for b, _ in reuse] + [r for _, r in reuse], dtype=np.int64), dev)
             return out.index_copy_(0, rb[: len(reuse)], self.arena.emb.index_select(0, rb[len(reuse):]))
 
         # pages: hottest users first; batch members are never evicted for each other
@@ -258,7 +253,7 @@ class HotStates:
         host = np.concatenate([torch.stack([batch.item_idx[idx], batch.action_idx[idx], batch.ts_ms[idx]]).numpy().ravel(),
                                np.array([b for b, _ in work] + [b for b, _ in reuse] + [r for _, r in reuse],
                                         dtype=np.int64)])
-        dh = _to_device(host, dev, "embed")
+        dh = to_device(host, dev, "embed")
         new, work_b, reuse_b, reuse_rows = dh[: 3 * Tn].view(3, Tn), *dh[3 * Tn:].split([len(work), R, R])
         if reuse:
             out.index_copy_(0, reuse_b, self.arena.emb.index_select(0, reuse_rows))
@@ -285,6 +280,3 @@ class HotStates:
                 self._drop(u)
         return out
 
-    def clear(self) -> None:
-        for u in list(self.states):
-            self._drop(u)
