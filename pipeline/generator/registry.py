@@ -83,11 +83,12 @@ def choose(requested: str, model_dir: Path | str, disabled: Iterable[str] | None
 def make_recommender(bundle: ModelBundle, k: int = 10, exclude_recent: int = 50, device: str = "cpu",
                      generator_backend: str = "auto", disabled: Iterable[str] | None = None,
                      num_candidates: int | None = None, vllm_options: dict | None = None,
-                     **recommender_kw) -> Recommender:
+                     torch_options: dict | None = None, **recommender_kw) -> Recommender:
     """A :class:`Recommender` whose slates come from the chosen generator backend.
 
     With ``auto``, a vLLM engine that fails to start is skipped too (reason logged), and
-    the torch backend serves the same model. ``recommender_kw`` (``encoder_backend``, ``encoder_options``)
+    the torch backend serves the same model. ``torch_options`` go to
+    :class:`pipeline.generator.torch_backend.TorchGenerator` (e.g. ``dtype=torch.bfloat16``). ``recommender_kw`` (``encoder_backend``, ``encoder_options``)
     go to :class:`pipeline.recommender.Recommender`."""
     from pipeline.generator.recommender import DEFAULT_CANDIDATES, GenerativeRecommender
 
@@ -116,7 +117,7 @@ def make_recommender(bundle: ModelBundle, k: int = 10, exclude_recent: int = 50,
         else:
             from pipeline.generator.torch_backend import TorchGenerator
 
-            backend = TorchGenerator(gen, device=device)
+            backend = TorchGenerator(gen, device=device, **(torch_options or {}))
         rec = GenerativeRecommender(bundle, gen, backend, k=k, exclude_recent=exclude_recent, device=device,
                                     num_candidates=num_candidates or DEFAULT_CANDIDATES, **recommender_kw)
     log.info(choice.describe(), extra={"generator": choice.name, "requested": generator_backend,

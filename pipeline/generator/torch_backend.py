@@ -8,6 +8,7 @@ broken towards the lower token id (as ``torch.argmax`` in vLLM's greedy sampler)
 """
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -26,6 +27,10 @@ class TorchGenerator:
                  max_batch: int = 512) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
+        if self.device.type != "cpu" or dtype != torch.float32:
+            # nn.Module.to() works in place: never move or cast the caller's model (GenerativeRecommender
+            # keeps the same GeneratorModel on the CPU, fp32, for the prompt projection)
+            model = copy.deepcopy(model)
         self.model = model.to(self.device, dtype).eval()
         self.decoder = self.model.decoder
         self.max_batch = max_batch

@@ -90,3 +90,17 @@ def test_candidate_cap_and_bad_requests():
     with pytest.raises(ValueError, match="below"):
         gen.generate(pe, [list(range(450)) * 3], 3)
     assert gen.generate(pe, [[]], 5) == [[]]
+
+
+def test_torch_backend_in_bf16_leaves_the_callers_model_alone():
+    """nn.Module.to() works in place; the recommender keeps the same GeneratorModel on the CPU in fp32
+    for the prompt projection, so a backend on another device/dtype must work on its own copy."""
+    from pipeline.generator.registry import make_recommender
+
+    d = random_generator_dir()
+    rec = make_recommender(load_model_dir(d), generator_backend="torch", torch_options={"dtype": torch.bfloat16})
+    assert rec.backend.model is not rec.generator
+    assert next(rec.generator.parameters()).dtype == torch.float32
+    assert next(rec.backend.model.parameters()).dtype == torch.bfloat16
+    out = rec.recommend(requests_for(d, 4))
+    assert len(out) == 4 and all(len({i for i, _ in r.items}) == len(r.items) for r in out)
