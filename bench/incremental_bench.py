@@ -129,9 +129,8 @@ def bench_spill(enc, redis_url: str, L: int, reps: int) -> dict:
     hot = HotStates(enc, 64 << 20)
     with torch.inference_mode():
         hot.embed(["u"], [0], b)
-    st = hot.states["u"]
     a = hot.arena
-    rows = torch.cat([torch.arange(p * a.page_rows, (p + 1) * a.page_rows) for p in st.pages])[:L]
+    rows = torch.cat([torch.arange(p * a.page_rows, (p + 1) * a.page_rows) for p in hot.pages_of("u")])[:L]
 
     def spill():  # at eviction: pack the user's rows and SET them
         blob = a.kv[:, rows].numpy().tobytes() + a.ts[rows].numpy().tobytes()
@@ -165,6 +164,48 @@ def bench_spill(enc, redis_url: str, L: int, reps: int) -> dict:
             "break_even_return_rate": s / (c - rl) if c > rl else None}
 
 
+def profile_cell(enc, device: str, B: int, L: int, reps: int = 10) -> None:
+    """Where one incremental call's time goes: host time until ``embed`` returns (no sync) vs wall time
+    (with sync), the Python functions (cProfile) and the torch ops (torch.profiler) of ``reps`` calls."""
+    import cProfile
+    import pstats
+
+    items, actions, ts = histories(B, L + 2 * reps + 2, seed=7)
+    users = [f"u{b}" for b in range(B)]
+    hot = HotStates(enc, int(B * (L + 2 * reps + 40) * 2200), device=device)
+    with torch.inference_mode():
+        hot.embed(users, [0] * B, jagged(items, actions, ts, L))
+        batches = iter([jagged(items, actions, ts, L + 1 + r) for r in range(2 * reps + 1)])
+        hot.embed(users, [0] * B, next(batches))
+        host, wall = [], []
+        for _ in range(reps):
+            b = next(batches)
+            sync(device)
+            t = time.perf_counter()
+            hot.embed(users, [0] * B, b)
+            host.append(time.perf_counter() - t)
+            sync(device)
+            wall.append(time.perf_counter() - t)
+        print(f"[profile B={B} L={L}] host until embed returns {1e3 * statistics.median(host):.2f} ms, "
+              f"wall (synced) {1e3 * statistics.median(wall):.2f} ms (medians of {reps})", flush=True)
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(reps // 2):
+            hot.embed(users, [0] * B, next(batches))
+        sync(device)
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(30)
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device == "cuda" else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(reps - reps // 2):
+                hot.embed(users, [0] * B, next(batches))
+            sync(device)
+        sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+        if device == "cuda":
+            print(prof.key_averages().table(sort_by=sort, row_limit=20), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -175,6 +216,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     ap.add_argument("--redis-url", default=None, help="also measure spill-to-Redis vs recompute (CPU)")
     ap.add_argument("--out", default="bench/results/incremental_cpu.json")
+    ap.add_argument("--profile", default=None, metavar="B,L",
+                    help="instead of the table: profile the incremental call at batch B, history L")
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda but torch sees no CUDA device", file=sys.stderr)
@@ -184,6 +227,10 @@ def main() -> int:
     batches = [int(x) for x in a.batches.split(",")]
     enc = make_encoder(a.device, _DTYPES[a.dtype], 4096)
     name = device_name(a.device)
+    if a.profile:
+        B, L = (int(x) for x in a.profile.split(","))
+        profile_cell(enc, a.device, B, L)
+        return 0
     rows = []
     try:
         from tqdm import tqdm

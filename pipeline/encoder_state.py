@@ -18,7 +18,6 @@ Exactness: ``extend(state, new)`` computes the same numbers as a full encode of
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -28,23 +27,7 @@ from torch import Tensor
 
 from pipeline.hstu import HSTUEncoder, _rows_of, hstu_attention_padded, hstu_attention_reference
 
-__all__ = ["StateArena", "UserEncoderState", "extend", "to_device"]
-
-
-@dataclass
-class UserEncoderState:
-    """One user's cached encoder state: ``length`` rows in ``pages`` of the arena.
-
-    Its embedding (after these events) is row ``pages[0]`` of ``StateArena.emb``."""
-
-    pages: np.ndarray  # int64 page ids, in row order
-    length: int  # events in the state
-    start: int  # the all-time index (0-based, in the user's stored history) of its first event
-    last: tuple[int, int, int]  # (item index, action index, ts ms) of its newest event
-
-    @property
-    def end(self) -> int:
-        return self.start + self.length
+__all__ = ["StateArena", "extend", "to_device"]
 
 
 class StateArena:
@@ -105,44 +88,46 @@ def _jagged_index(lengths: Tensor, total: int) -> tuple[Tensor, Tensor, Tensor]:
 def extend(
     encoder: HSTUEncoder,
     arena: StateArena,
-    old_lengths: Sequence[int],
-    pages: Sequence[np.ndarray],
-    keep: Sequence[bool],
+    old_lengths: Sequence[int] | np.ndarray,
+    page_table: np.ndarray,
+    keep: Sequence[bool] | np.ndarray,
     item_idx: Tensor,
     action_idx: Tensor,
     ts_ms: Tensor,
-    new_lengths: Sequence[int],
+    new_lengths: Sequence[int] | np.ndarray,
 ) -> Tensor:
     """Encode the new events of B users on top of their states; return their embeddings (B, dim).
 
     User b has ``old_lengths[b]`` events in its state (0: prefill) and ``new_lengths[b]`` (>= 1)
     new events, consecutive in the jagged ``item_idx``/``action_idx``/``ts_ms`` (on the arena's
-    device). ``pages[b]`` are its arena pages: they hold its old rows, and when ``keep[b]`` they
-    must also have room for the new rows, which are then written there together with the new
-    embedding (the caller records the new length). A user with ``keep[b]`` false is computed
-    without writing anything of it. All index work runs on the device, without host syncs.
+    device). Row b of ``page_table`` (B, max pages; int) lists its arena pages: they hold its old
+    rows, and when ``keep[b]`` they must also have room for the new rows, which are then written
+    there together with the new embedding (the caller records the new length). A user with
+    ``keep[b]`` false is computed without writing anything of it. All index work runs on the
+    device, without host syncs.
     """
     cfg = encoder.cfg
     dev = arena.kv.device
     B = len(old_lengths)
     if B == 0:
         return torch.empty((0, cfg.dim), device=dev)
-    if min(new_lengths) < 1:
+    old_h, new_h = np.asarray(old_lengths, dtype=np.int64), np.asarray(new_lengths, dtype=np.int64)
+    if new_h.min() < 1:
         raise ValueError("every user needs at least one new event")
-    P = arena.page_rows
-    Tn = int(sum(new_lengths))
-    Tk = Tn + int(sum(old_lengths))
-    page_counts = [len(p) for p in pages]
-    flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in pages] + [np.zeros(1, dtype=np.int64)])
-    host = np.concatenate([np.asarray(old_lengths, dtype=np.int64), np.asarray(new_lengths, dtype=np.int64),
-                           np.asarray(keep, dtype=np.int64), np.cumsum([0] + page_counts[:-1], dtype=np.int64), flat])
+    page_table = np.asarray(page_table, dtype=np.int64).reshape(B, -1)
+    if page_table.shape[1] == 0:  # nobody keeps anything
+        page_table = np.zeros((B, 1), dtype=np.int64)
+    P, width = arena.page_rows, page_table.shape[1]
+    Tn = int(new_h.sum())
+    Tk = Tn + int(old_h.sum())
+    host = np.concatenate([old_h, new_h, np.asarray(keep, dtype=np.int64), page_table.ravel()])
     dev_host = to_device(host, dev)
-    old, new_len, keep_t, pstart = dev_host[: 4 * B].view(4, B)
-    pflat = dev_host[4 * B:]
+    old, new_len, keep_t = dev_host[: 3 * B].view(3, B)
+    ptab = dev_host[3 * B:].view(B, width)
     keep_t = keep_t.bool()
 
     def arena_row(seq: Tensor, pos: Tensor) -> Tensor:
-        page = pflat[(pstart[seq] + torch.div(pos, P, rounding_mode="floor")).clamp(max=flat.shape[0] - 1)]
+        page = ptab[seq, torch.div(pos, P, rounding_mode="floor").clamp(max=width - 1)]
         return page * P + pos % P
 
     kseq, kpos, kv_off = _jagged_index(old + new_len, Tk)
@@ -170,7 +155,7 @@ def extend(
         x = layer.combine(x, u, av)
     last = torch.cumsum(new_len, 0) - 1
     emb = F.normalize(encoder.final_norm(x[last]), dim=-1).float()
-    first_page = torch.where(keep_t, pflat[pstart.clamp(max=flat.shape[0] - 1)], arena.num_pages)
+    first_page = torch.where(keep_t, ptab[:, 0], arena.num_pages)
     arena.emb.index_copy_(0, first_page, emb)
     return emb
 

@@ -27,7 +27,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from pipeline.encoder_state import StateArena, UserEncoderState, extend, to_device
+from pipeline.encoder_state import StateArena, extend, to_device
 
 __all__ = ["FrequencySketch", "ResidentSet", "HotStats", "HotStates", "pick_victim"]
 
@@ -163,18 +163,34 @@ class HotStates:
         self.arena = StateArena(encoder, budget_bytes, page_rows=page_rows, device=device, dtype=dtype)
         self.sketch = sketch or FrequencySketch(seed=seed)
         self.residents = ResidentSet(seed=seed)
-        self.states: dict = {}
         self.stats = HotStats()
         self.sample = sample
+        # the states, one slot each (a state holds at least one page, so num_pages slots suffice); per slot:
+        # length, the all-time index of its first event, its newest event (item, action, ts), its pages
+        # (row of the page table; grown when a state outgrows it). Arrays, so a batch is checked at once.
+        self.states: dict[str, int] = {}  # user -> slot
+        slots = self.arena.num_pages
+        self._free_slots = list(range(slots - 1, -1, -1))
+        self.length = np.zeros(slots, dtype=np.int64)
+        self.start = np.zeros(slots, dtype=np.int64)
+        self.last = np.zeros((slots, 3), dtype=np.int64)
+        self.npages = np.zeros(slots, dtype=np.int64)
+        self.page_table = np.zeros((slots, 4), dtype=np.int64)
 
     @property
     def bytes_in_use(self) -> int:
         return self.arena.bytes_in_use
 
+    def pages_of(self, user: str) -> np.ndarray:
+        s = self.states[user]
+        return self.page_table[s, : self.npages[s]]
+
     def _drop(self, user: str) -> None:
-        st = self.states.pop(user, None)
-        if st is not None:
-            self.arena.free(st.pages)
+        s = self.states.pop(user, None)
+        if s is not None:
+            self.arena.free(self.page_table[s, : self.npages[s]].tolist())
+            self.npages[s] = self.length[s] = 0
+            self._free_slots.append(s)
             self.residents.discard(user)
 
     def _make_room(self, pages: int, estimate: int, protected: set) -> bool:
@@ -187,96 +203,97 @@ class HotStates:
             self.stats.evictions += 1
         return True
 
+    def _grow(self, user: str, pages: list[int]) -> int:
+        """Append ``pages`` to the user's state (a new slot for a new user); return its slot."""
+        s = self.states.get(user)
+        if s is None:
+            s = self.states[user] = self._free_slots.pop()
+            self.residents.add(user)
+        n = int(self.npages[s])
+        if n + len(pages) > self.page_table.shape[1]:
+            width = max(2 * self.page_table.shape[1], n + len(pages))
+            self.page_table = np.pad(self.page_table, ((0, 0), (0, width - self.page_table.shape[1])))
+        self.page_table[s, n : n + len(pages)] = pages
+        self.npages[s] = n + len(pages)
+        return s
+
     def embed(self, users, starts, batch):
         B = len(users)
         if len(set(users)) != B:
             raise ValueError("users must be distinct within one call")
-        offs = batch.offsets.tolist()
-        lens = [e - s for s, e in zip(offs, offs[1:])]
+        offs = batch.offsets.numpy()
+        lens = offs[1:] - offs[:-1]
+        starts = np.asarray(starts, dtype=np.int64)
         self.sketch.add_many(users, lens)
-        # the events a state must end with, and each window's newest event (O(B), not O(events))
-        cached = [self.states.get(u) for u in users]
-        probe = [offs[b] + st.length - 1 if st is not None and 0 < st.length <= lens[b] else offs[b + 1] - 1
-                 for b, st in enumerate(cached)] + [e - 1 for e in offs[1:]]
-        idx = torch.tensor(probe, dtype=torch.long)
-        keys = list(zip(batch.item_idx[idx].tolist(), batch.action_idx[idx].tolist(), batch.ts_ms[idx].tolist()))
-        newest = keys[B:]
+        slot = np.fromiter((self.states.get(u, -1) for u in users), dtype=np.int64, count=B)
+        has = slot >= 0
+        sl = np.where(has, slot, 0)
+        n = np.where(has, self.length[sl], 0)
+        # the event a state must end with, and each window's newest event
+        probe = np.concatenate([np.where(has & (n > 0) & (n <= lens), offs[:-1] + n - 1, offs[1:] - 1), offs[1:] - 1])
+        pt = torch.from_numpy(probe)
+        keys = torch.stack([batch.item_idx[pt], batch.action_idx[pt], batch.ts_ms[pt]], 1).numpy()
+        ok = has & (self.start[sl] == starts) & (n <= lens) & (self.last[sl] == keys[:B]).all(1)
+        reuse, moved = ok & (n == lens), has & ~ok & (self.start[sl] != starts)
         lookups = self.stats.lookups
-        reuse: list[tuple[int, int]] = []  # (b, its embedding row)
-        work: list[tuple[int, int]] = []  # (b, rows already in the state)
-        for b, st in enumerate(cached):
-            if st is not None:
-                n = st.length
-                if st.start == starts[b] and n <= lens[b] and st.last == keys[b]:
-                    if n == lens[b]:
-                        lookups["reuse"] += 1
-                        reuse.append((b, int(st.pages[0])))
-                    else:
-                        lookups["hit"] += 1
-                        work.append((b, n))
-                    continue
-                reason = "window_moved" if st.start != starts[b] else "stale"
-                lookups[reason] += 1
-                self.stats.reprefills[reason] += 1
-                self._drop(users[b])
-            else:
-                lookups["miss"] += 1
-            work.append((b, 0))
+        for name, mask in (("reuse", reuse), ("hit", ok & ~reuse), ("miss", ~has), ("window_moved", moved),
+                           ("stale", has & ~ok & ~moved)):
+            lookups[name] += int(mask.sum())
+            if name in ("window_moved", "stale"):
+                self.stats.reprefills[name] += int(mask.sum())
+        for b in np.flatnonzero(has & ~ok):
+            self._drop(users[b])
+        n = np.where(ok, n, 0)
         dev = self.arena.kv.device
         out = torch.empty((B, self.encoder.cfg.dim), dtype=torch.float32, device=dev)
-        if not work:
-            rb = to_device(np.array([b for b, _ in reuse] + [r for _, r in reuse], dtype=np.int64), dev)
-            return out.index_copy_(0, rb[: len(reuse)], self.arena.emb.index_select(0, rb[len(reuse):]))
+        rb = np.flatnonzero(reuse)
+        reuse_rows = self.page_table[slot[rb], 0]
+        work = np.flatnonzero(~reuse)
+        if not len(work):
+            d = to_device(np.concatenate([rb, reuse_rows]), dev)
+            return out.index_copy_(0, d[:B], self.arena.emb.index_select(0, d[B:]))
 
-        # pages: hottest users first; batch members are never evicted for each other
-        protected = {users[b] for b, _ in work}
-        estimates = self.sketch.estimate_many([users[b] for b, _ in work])
-        keep: dict[int, np.ndarray] = {}
-        fresh: list[list[int]] = []
-        for (b, n), est in sorted(zip(work, estimates), key=lambda w: -w[1]):
-            have = self.states[users[b]].pages if n else _NO_PAGES
-            need = self.arena.pages_for(lens[b]) - len(have)
-            if need > 0 and not self._make_room(need, est, protected):
-                self.stats.rejections += 1
-                continue
-            if need > 0:
-                got = self.arena.alloc(need)
-                fresh.append(got)
-                keep[b] = np.concatenate([have, np.asarray(got, dtype=np.int64)])
-            else:
-                keep[b] = have
-        pages = [keep[b] if b in keep else (self.states[users[b]].pages if n else _NO_PAGES) for b, n in work]
-        rows_idx = [r for b, n in work for r in range(offs[b] + n, offs[b + 1])]
-        idx = torch.tensor(rows_idx, dtype=torch.long)
-        Tn, R = len(rows_idx), len(reuse)
+        # pages: only users whose new rows cross into a new page need any (hottest users first);
+        # batch members are never evicted for each other
+        need = -(-lens[work] // self.arena.page_rows) - np.where(ok[work], self.npages[sl[work]], 0)
+        keep = np.ones(len(work), dtype=bool)
+        wslot = np.where(ok[work], slot[work], -1)
+        grow = np.flatnonzero(need > 0)
+        if len(grow):
+            protected = {users[b] for b in work}
+            estimates = self.sketch.estimate_many([users[work[w]] for w in grow])
+            for w, est in sorted(zip(grow.tolist(), estimates), key=lambda x: -x[1]):
+                u = users[work[w]]
+                if not self._make_room(int(need[w]), est, protected):
+                    self.stats.rejections += 1
+                    keep[w] = False
+                    self._drop(u)  # its state would miss these rows: computed from scratch, not kept
+                    n[work[w]], wslot[w] = 0, -1
+                    continue
+                wslot[w] = self._grow(u, self.arena.alloc(int(need[w])))
+        table = np.where(keep[:, None], self.page_table[np.maximum(wslot, 0)], 0)
+        table = table[:, : max(1, int(self.npages[wslot[keep]].max(initial=1)))]
+        cnt = lens[work] - n[work]
+        rows = np.repeat(offs[work] + n[work] - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))
+        rt = torch.from_numpy(rows)
         # everything this call copies to the device, in one (pinned, asynchronous) copy
-        host = np.concatenate([torch.stack([batch.item_idx[idx], batch.action_idx[idx], batch.ts_ms[idx]]).numpy().ravel(),
-                               np.array([b for b, _ in work] + [b for b, _ in reuse] + [r for _, r in reuse],
-                                        dtype=np.int64)])
+        Tn, R = len(rows), len(rb)
+        host = np.concatenate([torch.stack([batch.item_idx[rt], batch.action_idx[rt], batch.ts_ms[rt]]).numpy().ravel(),
+                               work, rb, reuse_rows])
         dh = to_device(host, dev, "embed")
-        new, work_b, reuse_b, reuse_rows = dh[: 3 * Tn].view(3, Tn), *dh[3 * Tn:].split([len(work), R, R])
-        if reuse:
-            out.index_copy_(0, reuse_b, self.arena.emb.index_select(0, reuse_rows))
+        new, work_b, reuse_b, reuse_r = dh[: 3 * Tn].view(3, Tn), *dh[3 * Tn:].split([len(work), R, R])
+        if R:
+            out.index_copy_(0, reuse_b, self.arena.emb.index_select(0, reuse_r))
         try:
-            emb = extend(self.encoder, self.arena, [n for _, n in work], pages, [b in keep for b, _ in work],
-                         new[0], new[1], new[2], [lens[b] - n for b, n in work])
+            emb = extend(self.encoder, self.arena, n[work], table, keep, new[0], new[1], new[2], lens[work] - n[work])
         except BaseException:
-            for got in fresh:
-                self.arena.free(got)
-            for b, _ in work:  # their rows past the old length may be half written: rebuild next time
+            for b in work:  # their rows past the old length may be half written: rebuild next time
                 self._drop(users[b])
             raise
         out.index_copy_(0, work_b, emb)
-        for b, n in work:
-            u = users[b]
-            if n:
-                self.stats.events_decoded += lens[b] - n
-            else:
-                self.stats.events_prefilled += lens[b]
-            if b in keep:
-                self.states[u] = UserEncoderState(keep[b], lens[b], starts[b], newest[b])
-                self.residents.add(u)
-            else:
-                self._drop(u)
+        self.stats.events_decoded += int((lens[work] - n[work])[n[work] > 0].sum())
+        self.stats.events_prefilled += int(lens[work][n[work] == 0].sum())
+        ks = wslot[keep]
+        kb = work[keep]
+        self.length[ks], self.start[ks], self.last[ks] = lens[kb], starts[kb], keys[B + kb]
         return out
-

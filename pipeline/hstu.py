@@ -97,16 +97,18 @@ def time_bucket(dt_s: Tensor, num_time_buckets: int) -> Tensor:
     return b.clamp(min=0, max=num_time_buckets - 1)
 
 
-def _rab(ts_s: Tensor, pos_w: Tensor, time_w: Tensor, num_time_buckets: int) -> Tensor:
-    """Relative attention bias (..., L, L) for one or more sequences of length L.
+def _rab(ts_s: Tensor, pos_w: Tensor, time_w: Tensor, num_time_buckets: int, last_rows: int | None = None) -> Tensor:
+    """Relative attention bias (..., L, L) for one or more sequences of length L (only the last
+    ``last_rows`` rows when given: (..., last_rows, L)).
 
     ``ts_s``: (..., L) integer seconds. Entry [i, j] = pos_w[min(i-j, P-1)] + time_w[bucket(ts_i - ts_j)];
     entries with j > i are garbage and must be masked by the caller.
     """
     L = ts_s.shape[-1]
+    first = 0 if last_rows is None else L - last_rows
     idx = torch.arange(L, device=ts_s.device)
-    rel = (idx[:, None] - idx[None, :]).clamp(min=0, max=pos_w.shape[0] - 1)
-    dt = ts_s[..., :, None] - ts_s[..., None, :]
+    rel = (idx[first:, None] - idx[None, :]).clamp(min=0, max=pos_w.shape[0] - 1)
+    dt = ts_s[..., first:, None] - ts_s[..., None, :]
     return pos_w[rel] + time_w[time_bucket(dt, num_time_buckets)]
 
 
@@ -152,8 +154,8 @@ def hstu_attention_reference(
             raise ValueError(f"sequence {b}: {Lq} queries but only {L} keys")
         qs, ks, vs = q[qs_:qe], k[s:e], v[s:e]
         scores = torch.einsum("ihd,jhd->hij", qs, ks)  # (H, Lq, L)
-        scores = scores + _rab(ts_s[s:e], pos_w, time_w, num_time_buckets)[L - Lq :].to(scores.dtype)
-        causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()[L - Lq :]
+        scores = scores + _rab(ts_s[s:e], pos_w, time_w, num_time_buckets, Lq).to(scores.dtype)
+        causal = torch.ones(Lq, L, dtype=torch.bool, device=q.device).tril(L - Lq)
         a = F.silu(scores) / attn_n
         a = a.masked_fill(~causal, 0.0)
         out[qs_:qe] = torch.einsum("hij,jhd->ihd", a, vs)

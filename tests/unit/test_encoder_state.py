@@ -146,7 +146,9 @@ def test_prefill_then_decode_equals_full_encode():
         for u, w in zip(todo, new):
             pages[u] += arena.alloc(arena.pages_for(lengths[u] + len(w)) - len(pages[u]))
         with torch.inference_mode():
-            got = extend(enc, arena, [lengths[u] for u in todo], [np.array(pages[u]) for u in todo], [True] * len(todo),
+            width = max(len(pages[u]) for u in todo)
+            table = np.array([pages[u] + [0] * (width - len(pages[u])) for u in todo])
+            got = extend(enc, arena, [lengths[u] for u in todo], table, [True] * len(todo),
                          nb.item_idx, nb.action_idx, nb.ts_ms, [len(w) for w in new])
         for u, w in zip(todo, new):
             lengths[u] += len(w)
@@ -169,7 +171,7 @@ def test_random_streams_incremental_equals_full_reencode(budget, slack):
         assert st.evictions > 0 and st.rejections > 0
     else:
         assert st.lookups["window_moved"] > 0  # the history cap was crossed
-    assert hot.bytes_in_use == sum(hot.arena.pages_for(s.length) for s in hot.states.values()) * hot.arena.page_bytes
+    assert hot.bytes_in_use == sum(hot.arena.pages_for(hot.length[s]) for s in hot.states.values()) * hot.arena.page_bytes
 
 
 def test_restart_with_a_cold_cache_gives_the_same_embeddings():
