@@ -64,6 +64,10 @@ class TrainConfig:
     max_minutes: float = 3.0  # a safety cap; on an idle 2-core CPU the default run takes about 45 s
     patience: int = 4
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    # torch device of the training loop and the per-epoch validation ("cpu", "cuda", "cuda:1");
+    # batches and negatives are drawn on the CPU exactly as on "cpu", and the trained encoder is
+    # moved back to the CPU before it is returned (the model directory and serving are CPU-side)
+    device: str = "cpu"
     # --- arch (issue 3, SASRec baseline): "hstu" | "sasrec" (pipeline/sasrec.py; same loop, loss, eval)
     arch: str = "hstu"
     # --- end arch
@@ -181,7 +185,7 @@ def sampled_softmax_loss(
     u = F.normalize(out, dim=-1)
     table = encoder.item_table()
     pos = (u * table[targets]).sum(-1, keepdim=True)
-    negs = torch.randint(0, table.shape[0], (num_negatives,), generator=gen)
+    negs = torch.randint(0, table.shape[0], (num_negatives,), generator=gen).to(table.device)
     neg = u @ table[negs].T
     neg = neg.masked_fill(negs.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos, neg], dim=1) / temperature
@@ -216,10 +220,14 @@ def train_encoder(cfg: TrainConfig, progress: bool = True, dataset: SequenceData
     else:
         raise ValueError(f"unknown arch {cfg.arch!r}; choose hstu or sasrec")
     # --- end arch dispatch
+    device = torch.device(cfg.device)
+    on_cpu = device.type == "cpu"
+    if not on_cpu:
+        encoder.to(device)
     opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    valid_scorer = model_scorer(encoder, item_index)
+    valid_scorer = model_scorer(encoder, item_index, batch_device=cfg.device)
 
     best = (-1.0, 0, None)  # ndcg, epoch, state
     history: list[dict] = []
@@ -251,6 +259,8 @@ def train_encoder(cfg: TrainConfig, progress: bool = True, dataset: SequenceData
             for bstart in range(0, len(order), cfg.batch_size):
                 chunk = [train_seqs[i] for i in order[bstart : bstart + cfg.batch_size]]
                 it, ac, ts, tgt, off = _batch(chunk, rng, mcfg.max_seq_len)
+                if not on_cpu:
+                    it, ac, ts, tgt, off = (x.to(device) for x in (it, ac, ts, tgt, off))
                 out = encoder.encode(it, ac, ts, off)
                 loss = sampled_softmax_loss(out, tgt, encoder, cfg.num_negatives, cfg.temperature, gen)
                 opt.zero_grad(set_to_none=True)
@@ -295,6 +305,8 @@ def train_encoder(cfg: TrainConfig, progress: bool = True, dataset: SequenceData
         baselines["oracle"] = evaluate(oracle_scorer(ds.oracle), split.test, item_index)
     if cfg.arch == "hstu":  # arch dispatch (issue 3)
         encoder.set_attention(hstu_attention_reference)
+    if not on_cpu:
+        encoder.to("cpu")
     metrics = {
         "arch": cfg.arch,
         "data": ds.spec,
