@@ -150,7 +150,7 @@ def main() -> int:
             for b in backends:  # warm-up (on CUDA also the Triton compiles of this batch's shapes)
                 recs[b].recommend(reqs)
                 if b in prep:
-                    recs[b].backend.generate(prep[b][1], prep[b][2], 10)
+                    recs[b].backend.generate(prep[b][1], prep[b][2], 10, prep[b][3])
             sync()
             t_end = time.perf_counter() + a.min_time * len(backends)
             rounds = 0
@@ -162,10 +162,10 @@ def main() -> int:
                     sync()
                     lat[b].append(time.perf_counter() - t)
                     if b in prep:
-                        _, pe, allowed = prep[b]
+                        _, pe, allowed, bias = prep[b]
                         sync()
                         t = time.perf_counter()
-                        recs[b].backend.generate(pe, allowed, 10)
+                        recs[b].backend.generate(pe, allowed, 10, bias)
                         sync()
                         glat[b].append(time.perf_counter() - t)
                 rounds += 1
@@ -189,10 +189,10 @@ def main() -> int:
             got = {b: [] for b in torch_labels}
             ref = []
             for s in range(0, len(reqs), 256):
-                _, pe, allowed = ref_rec.prompts(reqs[s : s + 256])
-                ref += cpu_gen.generate(pe, allowed, 10)
+                _, pe, allowed, bias = ref_rec.prompts(reqs[s : s + 256])
+                ref += cpu_gen.generate(pe, allowed, 10, bias)
                 for b in torch_labels:
-                    got[b] += recs[b].backend.generate(pe, allowed, 10)
+                    got[b] += recs[b].backend.generate(pe, allowed, 10, bias)
             chk = {"users": len(reqs), "reference": f"torch fp32 on the CPU, same prompts (HSTU + retrieval on {a.device})"}
             for b in torch_labels:
                 lp = max((abs(p - q) for x, y in zip(got[b], ref) if [t for t, _ in x] == [t for t, _ in y]
@@ -210,8 +210,8 @@ def main() -> int:
             reqs = reqs_all[: a.parity_users]
             same, gaps, lp_diff = 0, [], 0.0
             for s in range(0, len(reqs), 256):
-                _, pe, allowed = tr.prompts(reqs[s : s + 256])
-                ts, vs = tr.backend.generate(pe, allowed, 10), vr.backend.generate(pe, allowed, 10)
+                _, pe, allowed, bias = tr.prompts(reqs[s : s + 256])
+                ts, vs = tr.backend.generate(pe, allowed, 10, bias), vr.backend.generate(pe, allowed, 10, bias)
                 for i, (x, y) in enumerate(zip(ts, vs)):
                     xt, yt = [t for t, _ in x], [t for t, _ in y]
                     if xt == yt:

@@ -6,7 +6,9 @@ A backend turns a batch of prompts into slates::
     slate = [(token_id, logprob), ...]  at most min(k, len(allowed[b])) entries, no repeats
 
 Decoding is greedy: at every step the highest-logit token among ``allowed[b]`` minus
-the tokens already in the slate. ``logprob`` is the token's log-probability under
+the tokens already in the slate. ``bias`` (optional; B lists of floats aligned with
+``allowed``) is added to those tokens' logits before the choice (vLLM's ``logit_bias``):
+the recommender passes ``retrieval_weight x retrieval score`` there. ``logprob`` is the token's log-probability under
 the model's full softmax at that step (vLLM's default ``raw_logprobs``), i.e. the
 model's own belief before any constraint is applied. Callers (the recommender)
 build ``allowed`` from the retrieval candidates, which already exclude the items
@@ -29,12 +31,14 @@ MAX_ALLOWED = 1023
 class GeneratorBackend(Protocol):
     name: str
 
-    def generate(self, prompt_embeds: Tensor, allowed: Sequence[Sequence[int]], k: int) -> list[Slate]: ...
+    def generate(self, prompt_embeds: Tensor, allowed: Sequence[Sequence[int]], k: int,
+                 bias: Sequence[Sequence[float]] | None = None) -> list[Slate]: ...
 
     def close(self) -> None: ...
 
 
-def check_request(prompt_embeds: Tensor, allowed: Sequence[Sequence[int]], k: int, vocab_size: int) -> None:
+def check_request(prompt_embeds: Tensor, allowed: Sequence[Sequence[int]], k: int, vocab_size: int,
+                  bias: Sequence[Sequence[float]] | None = None) -> None:
     if prompt_embeds.dim() != 3:
         raise ValueError(f"prompt_embeds must be (B, L, hidden), got {tuple(prompt_embeds.shape)}")
     if len(allowed) != prompt_embeds.shape[0]:
@@ -47,3 +51,6 @@ def check_request(prompt_embeds: Tensor, allowed: Sequence[Sequence[int]], k: in
         for t in row:
             if not 0 <= int(t) < vocab_size:
                 raise ValueError(f"allowed token {t} outside the vocabulary (0..{vocab_size - 1})")
+    if bias is not None:
+        if len(bias) != len(allowed) or any(len(b) != len(a) for b, a in zip(bias, allowed)):
+            raise ValueError("bias must hold one float per allowed token")

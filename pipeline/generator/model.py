@@ -73,6 +73,9 @@ class GeneratorConfig:
     max_slate: int = 64  # longest slate the position table allows
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    # decoding adds retrieval_weight x (the candidate's retrieval score) to its logit: retrieval as a prior
+    # the decoder corrects; 0 = the decoder alone. Chosen on validation by training (docs/generator.md).
+    retrieval_weight: float = 0.0
 
     @property
     def pad_id(self) -> int:
@@ -109,6 +112,10 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name == "retrieval_weight":
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                    raise ValueError(f"GeneratorConfig.retrieval_weight must be a finite number >= 0, got {v!r}")
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise ValueError(f"GeneratorConfig.{f.name} must be a positive number, got {v!r}")
         if self.hidden_size % self.num_attention_heads:

@@ -40,7 +40,8 @@ class GenerativeRecommender(Recommender):
         self.num_candidates = max(num_candidates, k)
 
     def prompts(self, requests: Sequence[UserRequest]):
-        """(user embeddings, prompt_embeds (B, L, hidden), allowed token ids per user)."""
+        """(user embeddings, prompt_embeds (B, L, hidden), allowed token ids per user, logit bias per
+        allowed token = ``retrieval_weight`` x retrieval score, or None when the weight is 0)."""
         emb, batch = self._encode(requests)
         item_idx = batch.item_idx.tolist()
         offs = batch.offsets.tolist()
@@ -50,18 +51,23 @@ class GenerativeRecommender(Recommender):
             recent.append(item_idx[s:e])
             exclude.append(item_idx[max(s, e - self.exclude_recent) : e] if self.exclude_recent else [])
         with torch.inference_mode():
-            _, cand = top_k_items(emb, self._item_table, self.num_candidates, exclude)
+            scores, cand = top_k_items(emb, self._item_table, self.num_candidates, exclude)
             cand_l = cand.cpu().tolist()
             allowed = [[i for i in row if i >= 0] for row in cand_l]
+            w = self.generator.cfg.retrieval_weight
+            bias = None
+            if w:
+                sc = (w * scores.float()).cpu().tolist()
+                bias = [[x for x, i in zip(srow, row) if i >= 0] for srow, row in zip(sc, cand_l)]
             emb_cpu = emb.float().cpu()
             pe = self.generator.prompt_embeds(emb_cpu, self.generator.recent_tokens(recent))
-        return emb_cpu, pe, allowed
+        return emb_cpu, pe, allowed, bias
 
     def recommend(self, requests: Sequence[UserRequest]) -> list[Recommendation]:
         if not requests:
             return []
-        emb, pe, allowed = self.prompts(requests)
-        slates = self.backend.generate(pe, allowed, self.k)
+        emb, pe, allowed, bias = self.prompts(requests)
+        slates = self.backend.generate(pe, allowed, self.k, bias)
         items = self.bundle.items
         emb_np = emb.numpy()
         return [

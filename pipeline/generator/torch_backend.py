@@ -39,16 +39,19 @@ class TorchGenerator:
     def available() -> tuple[bool, str]:
         return True, "plain PyTorch"
 
-    def generate(self, prompt_embeds: Tensor, allowed: Sequence[Sequence[int]], k: int) -> list[Slate]:
+    def generate(self, prompt_embeds: Tensor, allowed: Sequence[Sequence[int]], k: int,
+                 bias: Sequence[Sequence[float]] | None = None) -> list[Slate]:
         V = self.model.cfg.vocab_size
-        check_request(prompt_embeds, allowed, k, V)
+        check_request(prompt_embeds, allowed, k, V, bias)
         out: list[Slate] = []
         for s in range(0, len(allowed), self.max_batch):
-            out.extend(self._generate(prompt_embeds[s : s + self.max_batch], allowed[s : s + self.max_batch], k))
+            e = s + self.max_batch
+            out.extend(self._generate(prompt_embeds[s:e], allowed[s:e], k, None if bias is None else bias[s:e]))
         return out
 
     @torch.inference_mode()
-    def _generate(self, prompt_embeds: Tensor, allowed: Sequence[Sequence[int]], k: int) -> list[Slate]:
+    def _generate(self, prompt_embeds: Tensor, allowed: Sequence[Sequence[int]], k: int,
+                  bias: Sequence[Sequence[float]] | None) -> list[Slate]:
         B, L, _ = prompt_embeds.shape
         V = self.model.cfg.vocab_size
         steps = [min(k, len(set(int(t) for t in row))) for row in allowed]
@@ -61,6 +64,11 @@ class TorchGenerator:
         if cols:
             ok[torch.tensor(rows), torch.tensor(cols)] = True
         ok = ok.to(self.device)
+        add = None
+        if bias is not None and cols:
+            add = torch.zeros((B, V), dtype=torch.float32)
+            add[torch.tensor(rows), torch.tensor(cols)] = torch.tensor([float(x) for row in bias for x in row])
+            add = add.to(self.device)
         x = prompt_embeds.to(self.device, self.dtype)
         cache = self.decoder.new_cache(B, L + n, dtype=self.dtype, device=self.device)
         logits = self.decoder(x, cache, 0, last_only=True)
@@ -69,7 +77,7 @@ class TorchGenerator:
         neg_inf = torch.tensor(float("-inf"), dtype=logits.dtype, device=self.device)
         for t in range(n):
             logp = torch.log_softmax(logits.float(), dim=-1)
-            tok = torch.where(ok, logits, neg_inf).argmax(dim=-1)
+            tok = torch.where(ok, logits if add is None else logits.float() + add, neg_inf).argmax(dim=-1)
             toks.append(tok)
             lps.append(logp.gather(1, tok[:, None])[:, 0])
             ok[torch.arange(B, device=self.device), tok] = False  # never the same item twice

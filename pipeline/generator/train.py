@@ -58,6 +58,9 @@ class GeneratorTrainConfig:
     valid_users: int = 1000  # validation subset for early stopping
     threads: int | None = None
     warm_start: bool = True
+    # candidates for GeneratorConfig.retrieval_weight (the retrieval score's weight in the decoding logits),
+    # picked on validation after training; 0 = the decoder alone, 200 ~ retrieval's own order
+    retrieval_weights: tuple[float, ...] = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 200.0)
 
     @classmethod
     def quick(cls, **overrides: Any) -> "GeneratorTrainConfig":
@@ -145,9 +148,10 @@ def slate_metrics(slates: list[list[int]], targets: list[int], k: int = 10) -> d
     return {f"hr@{k}": hits / n, f"ndcg@{k}": gains / n, "users": len(targets)}
 
 
-def _eval_cases(bundle, model: GeneratorModel, cases, k: int, num_candidates: int, batch: int = 256) -> dict:
-    """Slate metrics of the torch generator and of retrieval's top-k on leave-one-out cases (whole
-    history excluded, as in pipeline.evaluation)."""
+def _eval_cases(bundle, model: GeneratorModel, cases, k: int, num_candidates: int, batch: int = 256,
+                retrieval: bool = True) -> dict:
+    """Slate metrics of the torch generator and (``retrieval``) of retrieval's top-k on leave-one-out
+    cases (whole history excluded, as in pipeline.evaluation)."""
     from pipeline.generator.recommender import GenerativeRecommender
     from pipeline.generator.torch_backend import TorchGenerator
     from pipeline.recommender import Recommender, UserRequest
@@ -160,9 +164,13 @@ def _eval_cases(bundle, model: GeneratorModel, cases, k: int, num_candidates: in
         chunk = cases[s : s + batch]
         reqs = [UserRequest(c.user_id, c.history) for c in chunk]
         g_sl += [[it for it, _ in r.items] for r in gen.recommend(reqs)]
-        r_sl += [[it for it, _ in r.items] for r in ret.recommend(reqs)]
+        if retrieval:
+            r_sl += [[it for it, _ in r.items] for r in ret.recommend(reqs)]
         tg += [c.target for c in chunk]
-    return {"generator": slate_metrics(g_sl, tg, k), "retrieval": slate_metrics(r_sl, tg, k)}
+    out = {"generator": slate_metrics(g_sl, tg, k)}
+    if retrieval:
+        out["retrieval"] = slate_metrics(r_sl, tg, k)
+    return out
 
 
 @torch.no_grad()
@@ -271,6 +279,21 @@ def train_generator(model_dir: Path | str, data: str | dict | None = None, cfg: 
             break
     model.load_state_dict(best[2])
     model.eval()
+    # retrieval as a prior the decoder corrects: the weight of the retrieval score in the decoding
+    # logits, chosen on the validation users (ties: the smaller weight)
+    search = []
+    for w in cfg.retrieval_weights:
+        model.cfg = dataclasses.replace(model.cfg, retrieval_weight=float(w))
+        v = _eval_cases(bundle, model, valid_cases, K, cfg.num_candidates, retrieval=False)["generator"]
+        search.append({"retrieval_weight": float(w), "valid_ndcg@10": v[f"ndcg@{K}"], "valid_hr@10": v[f"hr@{K}"]})
+    chosen = max(search, key=lambda r: (r["valid_ndcg@10"], -r["retrieval_weight"]))["retrieval_weight"]
+    model.cfg = dataclasses.replace(model.cfg, retrieval_weight=chosen)
+    if progress:
+        import sys
+
+        print(f"generator retrieval_weight {chosen} (validation NDCG@10 by weight: "
+              + ", ".join(f"{r['retrieval_weight']:g}: {r['valid_ndcg@10']:.4f}" for r in search) + ")",
+              file=sys.stderr, flush=True)
     train_s = time.monotonic() - t0
     test = _eval_cases(bundle, model, split.test, K, cfg.num_candidates)
     metrics = {
@@ -280,6 +303,7 @@ def train_generator(model_dir: Path | str, data: str | dict | None = None, cfg: 
         "test": test,
         "train": {
             "examples": int(M), "best_epoch": best[1], "epochs_run": len(history), "stopped": stopped,
+            "retrieval_weight": chosen, "retrieval_weight_search": search,
             "prep_wall_s": round(prep_s, 2), "train_wall_s": round(train_s, 2), "history": history,
             "config": dataclasses.asdict(cfg), "parameters": sum(p.numel() for p in model.parameters()),
         },

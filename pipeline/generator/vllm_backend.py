@@ -171,10 +171,15 @@ class VLLMGenerator:
             pass
 
     # ------------------------------------------------------------ API
-    def generate(self, prompt_embeds: Tensor, allowed: Sequence[Sequence[int]], k: int) -> list[Slate]:
-        check_request(prompt_embeds, allowed, k, self.vocab_size)
+    def generate(self, prompt_embeds: Tensor, allowed: Sequence[Sequence[int]], k: int,
+                 bias: Sequence[Sequence[float]] | None = None) -> list[Slate]:
+        check_request(prompt_embeds, allowed, k, self.vocab_size, bias)
         pe = prompt_embeds.detach().float().cpu().contiguous().numpy()
-        req = ("generate", pe, [[int(t) for t in dict.fromkeys(row)] for row in allowed], int(k))
+        if bias is None:
+            bias_maps = None
+        else:
+            bias_maps = [{int(t): float(x) for t, x in zip(row, brow)} for row, brow in zip(allowed, bias)]
+        req = ("generate", pe, [[int(t) for t in dict.fromkeys(row)] for row in allowed], int(k), bias_maps)
         with self._lock:
             if self._closed:
                 raise RuntimeError("vLLM generator is closed")
@@ -237,7 +242,7 @@ def _serve() -> int:
         )
         hidden = llm.llm_engine.model_config.get_hidden_size()
 
-        def run(pe: np.ndarray, allowed: list[list[int]], k: int) -> list[Slate]:
+        def run(pe: np.ndarray, allowed: list[list[int]], k: int, bias: list[dict] | None = None) -> list[Slate]:
             out: list[Slate] = [[] for _ in allowed]
             prompts, params, rows = [], [], []
             for b, row in enumerate(allowed):
@@ -247,6 +252,7 @@ def _serve() -> int:
                 prompts.append({"prompt_embeds": torch.from_numpy(pe[b])})
                 params.append(SamplingParams(temperature=0.0, max_tokens=n, logprobs=0,
                                              allowed_token_ids=row, extra_args={"no_repeat": True},
+                                             logit_bias=None if bias is None else bias[b],
                                              detokenize=False, skip_special_tokens=False))
                 rows.append(b)
             if prompts:
@@ -273,8 +279,8 @@ def _serve() -> int:
         except EOFError:
             return 0
         try:
-            _, pe, allowed, k = msg
-            _send(proto_out, ("ok", run(pe, allowed, k)))
+            _, pe, allowed, k, bias = msg
+            _send(proto_out, ("ok", run(pe, allowed, k, bias)))
         except Exception as e:  # noqa: BLE001
             import traceback
 

@@ -2,6 +2,7 @@
 scores are the model's log-probs, greedy = argmax (checked against a cache-free reference)."""
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -66,7 +67,8 @@ def test_recommender_slates_exclude_recent_items_and_stay_inside_candidates():
     model = load_generator(d)
     rec = GenerativeRecommender(bundle, model, TorchGenerator(model), k=10, exclude_recent=50, num_candidates=40)
     reqs = requests_for(d, 40, seed=5)
-    emb, pe, allowed = rec.prompts(reqs)
+    emb, pe, allowed, bias = rec.prompts(reqs)
+    assert bias is None  # retrieval_weight 0: the decoder alone
     assert all(len(a) == 40 for a in allowed)
     out = rec.recommend(reqs)
     assert rec.generator_name == "torch"
@@ -104,3 +106,26 @@ def test_torch_backend_in_bf16_leaves_the_callers_model_alone():
     assert next(rec.backend.model.parameters()).dtype == torch.bfloat16
     out = rec.recommend(requests_for(d, 4))
     assert len(out) == 4 and all(len({i for i, _ in r.items}) == len(r.items) for r in out)
+
+
+def test_a_large_retrieval_weight_gives_retrieval_order_and_zero_gives_the_decoder_alone():
+    """The logit bias is retrieval_weight x retrieval score: a huge weight makes greedy decoding pick the
+    candidates in retrieval order (the slate = retrieval's top-k); the decoder still reports its own
+    log-probabilities; weight 0 sends no bias."""
+    from pipeline.recommender import Recommender
+
+    d = random_generator_dir()
+    bundle = load_model_dir(d)
+    model = load_generator(d)
+    rec = GenerativeRecommender(bundle, model, TorchGenerator(model), k=10, exclude_recent=50, num_candidates=40)
+    reqs = requests_for(d, 30, seed=8)
+    plain = rec.recommend(reqs)
+    model.cfg = dataclasses.replace(model.cfg, retrieval_weight=1e4)
+    biased = rec.recommend(reqs)
+    retrieval = Recommender(bundle, k=10, exclude_recent=50).recommend(reqs)
+    same = sum([i for i, _ in a.items] == [i for i, _ in b.items] for a, b in zip(biased, retrieval))
+    assert same >= 28, same  # (a random model has near-tied retrieval scores: 1e4 x a tiny gap < the logit gap)
+    assert [[i for i, _ in r.items] for r in biased] != [[i for i, _ in r.items] for r in plain]
+    assert all(lp <= 0 for r in biased for _, lp in r.items)
+    with pytest.raises(ValueError, match="retrieval_weight"):
+        type(model.cfg).from_dict({**model.cfg.to_dict(), "retrieval_weight": -1.0})

