@@ -8,7 +8,7 @@ relative attention bias needs them). Prefill is ``extend`` from an empty state.
 
 States live in a :class:`StateArena`: one preallocated block per layer (keys, values) and one
 for timestamps, cut into pages of ``page_rows`` rows, like vLLM's paged KV cache. A user's
-state is a list of pages; appending rows writes into its pages with one scatter per layer
+state is a row of a page table; appending rows writes into its pages with one scatter per layer
 for the whole batch, and reading them is one gather. The arena's size is the memory budget:
 its bytes are allocated once, on the encoder's device. ``extend`` does all its index work on
 the device without host syncs, so on a GPU a decode step costs a few dozen kernel launches.

@@ -32,7 +32,6 @@ from pipeline.encoder_state import StateArena, extend, to_device
 __all__ = ["FrequencySketch", "ResidentSet", "HotStats", "HotStates", "pick_victim"]
 
 _MASK = (1 << 64) - 1
-_NO_PAGES = np.zeros(0, dtype=np.int64)
 
 
 class FrequencySketch:
@@ -251,7 +250,7 @@ class HotStates:
         work = np.flatnonzero(~reuse)
         if not len(work):
             d = to_device(np.concatenate([rb, reuse_rows]), dev)
-            return out.index_copy_(0, d[:B], self.arena.emb.index_select(0, d[B:]))
+            return out.index_copy_(0, d[: len(rb)], self.arena.emb.index_select(0, d[len(rb):]))  # all redeliveries
 
         # pages: only users whose new rows cross into a new page need any (hottest users first);
         # batch members are never evicted for each other
