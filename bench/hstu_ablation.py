@@ -40,6 +40,7 @@ Results are rewritten to ``--out`` after every finished run, and a markdown tabl
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -238,7 +239,7 @@ def _variant_class(flags: frozenset):
                 _, pos, _ = _positions(offsets)
                 x = x + self.pos_emb(pos.clamp(max=self.cfg.max_seq_len - 1))
             x = self.input_dropout(x)
-            if "nextts" in flags:  # ts_ms carries key_s * 2^32 + query_s (see _batch_nextts)
+            if "nextts" in flags:  # ts_ms carries key_s * 2^32 + query_s (see _nextts_input_ts)
                 key = torch.div(ts_ms, _PACK, rounding_mode="floor")
                 ts = torch.stack([key, ts_ms - key * _PACK], dim=1)
             else:
@@ -251,24 +252,11 @@ def _variant_class(flags: frozenset):
     return Variant
 
 
-def _batch_nextts(seqs, rng, max_seq_len):
-    """pipeline.train._batch, with each input position's timestamp packed together with its
-    target's (the next event's): key_s * 2^32 + query_s, in whole seconds."""
-    import numpy as np
-    import torch
-
-    items, actions, ts, targets, offsets = [], [], [], [], [0]
-    for it, ac, t in seqs:
-        n = len(it)
-        if n > max_seq_len + 1:
-            s = int(rng.integers(0, n - max_seq_len))
-            it, ac, t = it[s : s + max_seq_len + 1], ac[s : s + max_seq_len + 1], t[s : s + max_seq_len + 1]
-        sec = t // 1000
-        items.append(it[:-1]); actions.append(ac[:-1]); targets.append(it[1:])
-        ts.append(sec[:-1] * _PACK + sec[1:])
-        offsets.append(offsets[-1] + len(it) - 1)
-    cat = lambda xs: torch.from_numpy(np.concatenate(xs))  # noqa: E731
-    return cat(items), cat(actions), cat(ts), cat(targets), torch.tensor(offsets, dtype=torch.long)
+def _nextts_input_ts(t):
+    """Each input position's timestamp packed together with its target's (the next event's):
+    key_s * 2^32 + query_s, in whole seconds."""
+    sec = t // 1000
+    return sec[:-1] * _PACK + sec[1:]
 
 
 def _nextts_model_scorer(dataset):
@@ -348,7 +336,7 @@ def run_one(name: str, seed: int, threads: int, max_minutes: float, device: str,
         if spec.arch == "hstu" and spec.flags:
             T.HSTUEncoder = _variant_class(spec.flags)
         if "nextts" in spec.flags:
-            T._batch = _batch_nextts
+            T._batch = functools.partial(T._batch, input_ts=_nextts_input_ts)
             T.model_scorer = _nextts_model_scorer(ds)
         if spec.warmup:
             torch.optim.AdamW = _warmup_adamw(spec.warmup)

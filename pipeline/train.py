@@ -165,15 +165,18 @@ def _windows(arrays, max_seq_len: int) -> list:
     return out[::-1]
 
 
-def _batch(seqs, rng: np.random.Generator, max_seq_len: int):
-    """Jagged (input, target) batch. Inputs are already windowed by _windows; the random crop is a safety net."""
+def _batch(seqs, rng: np.random.Generator, max_seq_len: int, input_ts=None):
+    """Jagged (input, target) batch. Inputs are already windowed by _windows; the random crop is a safety net.
+
+    ``input_ts(t)`` maps a (cropped) sequence's timestamps to its inputs' (default ``t[:-1]``)."""
     items, actions, ts, targets, offsets = [], [], [], [], [0]
     for it, ac, t in seqs:
         n = len(it)
         if n > max_seq_len + 1:
             s = int(rng.integers(0, n - max_seq_len))
             it, ac, t = it[s : s + max_seq_len + 1], ac[s : s + max_seq_len + 1], t[s : s + max_seq_len + 1]
-        items.append(it[:-1]); actions.append(ac[:-1]); ts.append(t[:-1]); targets.append(it[1:])
+        items.append(it[:-1]); actions.append(ac[:-1]); targets.append(it[1:])
+        ts.append(t[:-1] if input_ts is None else input_ts(t))
         offsets.append(offsets[-1] + len(it) - 1)
     cat = lambda xs: torch.from_numpy(np.concatenate(xs))  # noqa: E731
     return cat(items), cat(actions), cat(ts), cat(targets), torch.tensor(offsets, dtype=torch.long)
