@@ -452,7 +452,9 @@ def main() -> None:
                 "summary": table, "runs": runs}, indent=1) + "\n")
         return table
 
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn")) as ex:
+    # one process per run: a run patches pipeline.train (encoder class, batching, scorer) and AdamW, and a
+    # reused worker would carry those patches into the next run
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as ex:
         futs = [ex.submit(run_one, v, s, a.threads, a.max_minutes, a.device, deadline) for v, s in jobs]
         for f in as_completed(futs):
             r = f.result()
