@@ -224,9 +224,7 @@ def train_encoder(cfg: TrainConfig, progress: bool = True, dataset: SequenceData
         raise ValueError(f"unknown arch {cfg.arch!r}; choose hstu or sasrec")
     # --- end arch dispatch
     device = torch.device(cfg.device)
-    on_cpu = device.type == "cpu"
-    if not on_cpu:
-        encoder.to(device)
+    encoder.to(device)  # (Module.to and Tensor.to are no-ops on the device already holding them)
     opt = torch.optim.AdamW(encoder.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -262,8 +260,7 @@ def train_encoder(cfg: TrainConfig, progress: bool = True, dataset: SequenceData
             for bstart in range(0, len(order), cfg.batch_size):
                 chunk = [train_seqs[i] for i in order[bstart : bstart + cfg.batch_size]]
                 it, ac, ts, tgt, off = _batch(chunk, rng, mcfg.max_seq_len)
-                if not on_cpu:
-                    it, ac, ts, tgt, off = (x.to(device) for x in (it, ac, ts, tgt, off))
+                it, ac, ts, tgt, off = (x.to(device) for x in (it, ac, ts, tgt, off))
                 out = encoder.encode(it, ac, ts, off)
                 loss = sampled_softmax_loss(out, tgt, encoder, cfg.num_negatives, cfg.temperature, gen)
                 opt.zero_grad(set_to_none=True)
@@ -308,8 +305,7 @@ def train_encoder(cfg: TrainConfig, progress: bool = True, dataset: SequenceData
         baselines["oracle"] = evaluate(oracle_scorer(ds.oracle), split.test, item_index)
     if cfg.arch == "hstu":  # arch dispatch (issue 3)
         encoder.set_attention(hstu_attention_reference)
-    if not on_cpu:
-        encoder.to("cpu")
+    encoder.to("cpu")
     metrics = {
         "arch": cfg.arch,
         "data": ds.spec,
