@@ -36,7 +36,8 @@ Implementations
   two einsums, SiLU, causal + length masks, divide by n); for benchmarks only.
 * :func:`hstu_decode_padded`       - padded torch baseline of the decode case (one query per
   sequence, keys padded to N); for benchmarks only.
-* :func:`hstu_attention_triton`    - one Triton kernel; see its docstring.
+* :func:`hstu_attention_triton`    - the Triton kernels: per-sequence query tiles when every
+  row is a query, token blocks with ``q_offsets`` (decode); see its docstring.
 * :func:`hstu_attention`           - the dispatcher.
 """
 
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -255,6 +257,43 @@ def bucket_thresholds(num_time_buckets: int, device) -> torch.Tensor:
     return thr
 
 
+LUT_SHIFT = 21                  # a LUT cell = float32 exponent + top 2 mantissa bits (a quarter octave)
+LUT_BASE = 0x3F800000 >> LUT_SHIFT
+LUT_CELLS = (0x4F800000 >> LUT_SHIFT) - LUT_BASE   # 128 cells covering [1, 2^32): float32(2^31 - 1) = 2^31
+LUT_LOW = (1 << LUT_SHIFT) - 1                     # the bits below the cell index
+LUT_MAX_BUCKETS = 1024    # a bucket number takes the LUT entry's low 10 bits
+
+
+def bucket_lut(num_time_buckets: int, device) -> torch.Tensor:
+    """(LUT_CELLS,) int32 table of the per-sequence kernel's int32 bucket path.  A float32
+    x >= 1 falls in cell c = (bits(x) >> 21) - LUT_BASE (a quarter octave); the entry is
+    (t - 1) << 10 | b with b = the bucket of the cell's lowest value and t = the low 21 bits of
+    the one bucket threshold inside the cell (2^21 when none), so
+
+        bucket(x) = (e & 1023) + ((bits(x) & (2^21 - 1)) > (e >> 10)).
+
+    A cell holds at most one threshold (a quarter octave is a factor 1.19, thresholds are a
+    factor e^0.301 = 1.35 apart), so this equals :func:`time_bucket` exactly."""
+    if num_time_buckets > LUT_MAX_BUCKETS:
+        raise ValueError(f"the bucket LUT holds at most {LUT_MAX_BUCKETS} buckets")
+    key = ("lut", num_time_buckets, str(device))
+    hit = _THR_CACHE.get(key)
+    if hit is not None:
+        return hit
+    thr = bucket_thresholds(num_time_buckets, device)[1:num_time_buckets]          # buckets 1..nb-1
+    cell = torch.arange(LUT_CELLS, device=device, dtype=torch.int64) + LUT_BASE
+    lo = (cell << LUT_SHIFT).to(torch.int32).view(torch.float32)
+    hi = ((cell + 1) << LUT_SHIFT).to(torch.int32).view(torch.float32)
+    b_lo = (thr[None, :] <= lo[:, None]).sum(1)
+    inside = (thr[None, :] > lo[:, None]) & (thr[None, :] < hi[:, None])
+    assert int(inside.sum(1).max()) <= 1, "two bucket thresholds in one LUT cell"
+    t = torch.where(inside, thr[None, :], torch.full_like(thr[None, :], float("inf"))).amin(1)
+    t_low = torch.where(torch.isfinite(t), t.view(torch.int32).to(torch.int64) & LUT_LOW, LUT_LOW + 1)
+    lut = (((t_low - 1) << 10) | b_lo).to(torch.int32)
+    _THR_CACHE[key] = lut
+    return lut
+
+
 _THR_CACHE: dict = {}
 LAST_COMPILED = None  # diagnostics: the last launched compiled kernel (n_regs, n_spills)
 LAST_LAUNCH: dict = {}  # diagnostics: grid, key splits and block sizes of the last launch
@@ -348,7 +387,7 @@ if _HAVE_TRITON:
         H: tl.constexpr, HP: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
         BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        IEEE: tl.constexpr, FAST_SILU: tl.constexpr, PREFETCH: tl.constexpr,
+        IEEE: tl.constexpr, FAST_SILU: tl.constexpr,
         HAS_QOFF: tl.constexpr, SPLIT: tl.constexpr,
     ):
         # One program = BLOCK_M consecutive query rows of the flattened jagged batch, ALL heads
@@ -411,23 +450,7 @@ if _HAVE_TRITON:
                     other=0.0)                                                   # (HP, BM, DQ)
         acc = tl.zeros([HP, BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
-        if PREFETCH:
-            # Software pipelining by hand (Triton does not pipeline this loop): the K/V/ts loads
-            # of tile t+1 are issued before tile t's matmuls, and tile t+1's bias (the gather
-            # chain) is computed after them, so both latencies overlap the tensor-core work.
-            kb, vt, ts_k = _load_kv(K, V, TS, j_begin, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
-                                    stride_vt, stride_vh, QK_DIM, V_DIM, BLOCK_N)
-            bias = _tile_bias(kpos, j_begin, ts_q, ts_k, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
-            for j0 in range(j_begin, j_end, BLOCK_N):
-                jn = j0 + BLOCK_N
-                kb_n, vt_n, ts_k_n = _load_kv(K, V, TS, jn, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh,
-                                              stride_vt, stride_vh, QK_DIM, V_DIM, BLOCK_N)
-                acc = _tile_accumulate(acc, q, kb, vt, bias, j0 + tl.arange(0, BLOCK_N), start, kpos, row_ok,
-                                       inv_n, IEEE, FAST_SILU)
-                bias = _tile_bias(kpos, jn, ts_q, ts_k_n, PosW, TimeW, Thr, max_pos, num_tb, log2_scale, BLOCK_N)
-                kb = kb_n
-                vt = vt_n
-        elif HAS_QOFF:
+        if HAS_QOFF:
             for j0 in range(j_begin, j_end, BLOCK_N):
                 seen = (start < j0 + BLOCK_N) & (kpos >= j0) & row_ok
                 if tl.max(seen.to(tl.int32), axis=0) > 0:
@@ -451,6 +474,214 @@ if _HAVE_TRITON:
         tl.store(o_base + hh[:, None, None] * stride_oh + r64[None, :, None] * stride_ot + dv[None, None, :],
                  acc.to(Out.dtype.element_ty),
                  mask=h_ok[:, None, None] & row_ok[None, :, None] & (dv[None, None, :] < V_DIM))
+
+    @triton.jit
+    def _seq_tiles_kernel(Offsets, Safe, Tiles, B, G, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
+        # one program: tile k of every sequence that has one, k from the largest down (longest
+        # first), then G - n_tiles empty columns
+        mx = 0
+        for c0 in range(0, B, CHUNK):
+            b = c0 + tl.arange(0, CHUNK)
+            m = b < B
+            L = (tl.load(Offsets + b + 1, mask=m, other=0) - tl.load(Offsets + b, mask=m, other=0)).to(tl.int32)
+            mx = tl.maximum(mx, tl.max((L + BLOCK_M - 1) // BLOCK_M, axis=0))
+        pos = 0
+        for kk in range(0, mx):
+            k = mx - 1 - kk
+            for c0 in range(0, B, CHUNK):
+                b = c0 + tl.arange(0, CHUNK)
+                m = b < B
+                st = tl.load(Offsets + b, mask=m, other=0).to(tl.int32)
+                L = tl.load(Offsets + b + 1, mask=m, other=0).to(tl.int32) - st
+                take = m & ((L + BLOCK_M - 1) // BLOCK_M > k)
+                t = take.to(tl.int32)
+                idx = pos + tl.cumsum(t, axis=0) - 1
+                tl.store(Tiles + idx, st, mask=take)
+                tl.store(Tiles + G + idx, L, mask=take)
+                tl.store(Tiles + 2 * G + idx, tl.zeros_like(L) + k * BLOCK_M, mask=take)
+                tl.store(Tiles + 3 * G + idx, tl.load(Safe + b, mask=take, other=0), mask=take)
+                pos += tl.sum(t, axis=0)
+        for p0 in range(pos, G, CHUNK):
+            p = p0 + tl.arange(0, CHUNK)
+            m = p < G
+            z = tl.zeros([CHUNK], dtype=tl.int32)
+            tl.store(Tiles + p, z, mask=m)
+            tl.store(Tiles + G + p, z, mask=m)
+            tl.store(Tiles + 2 * G + p, z, mask=m)
+            tl.store(Tiles + 3 * G + p, z, mask=m)
+
+    @triton.jit
+    def _seq_span_kernel(Offsets, TS, Safe, CHUNK: tl.constexpr):
+        # one program per sequence: 1 if max(ts) - min(ts) < 2^31 - 1 (every |dt| fits int32)
+        b = tl.program_id(0)
+        st = tl.load(Offsets + b)
+        en = tl.load(Offsets + b + 1)
+        first = tl.load(TS + tl.minimum(st, tl.maximum(en - 1, 0)))
+        lo = first
+        hi = first
+        for c0 in range(st, en, CHUNK):
+            c = c0 + tl.arange(0, CHUNK)
+            t = tl.load(TS + c, mask=c < en, other=first)
+            lo = tl.minimum(lo, tl.min(t, axis=0))
+            hi = tl.maximum(hi, tl.max(t, axis=0))
+        span = hi - lo                                    # < 0: wrapped around int64
+        tl.store(Safe + b, ((span >= 0) & (span < 2147483647)).to(tl.int32))
+
+    @triton.jit
+    def _seq_head(acc, q, K, V, kr, k_ok, h, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, inv_n,
+                  QK_DIM: tl.constexpr, V_DIM: tl.constexpr, DIAG: tl.constexpr,
+                  IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
+        """acc += (SiLU(q k^T + bias) / n [causal-masked on a diagonal tile]) @ v for head h."""
+        kp = K + kr[:, None] * stride_kt + h * stride_kh + dq[None, :]
+        vp = V + kr[:, None] * stride_vt + h * stride_vh + dv[None, :]
+        if DIAG:   # the diagonal tile may run past the sequence: masked loads
+            kb = tl.load(kp, mask=k_ok[:, None] & (dq[None, :] < QK_DIM), other=0.0)          # (BN, DQ)
+            vb = tl.load(vp, mask=k_ok[:, None] & (dv[None, :] < V_DIM), other=0.0)           # (BN, DV)
+        else:
+            kb = tl.load(kp, mask=dq[None, :] < QK_DIM, other=0.0)
+            vb = tl.load(vp, mask=dv[None, :] < V_DIM, other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(kb), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(kb))
+        s = s + bias
+        if FAST_SILU:   # SiLU(s) / n = s * (tanh(s/2) * n/2 + n/2), n folded into the FMA
+            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [s * 0.5],
+                                          dtype=tl.float32, is_pure=True, pack=1)
+            a = s * (t * (0.5 * inv_n) + 0.5 * inv_n)
+        else:
+            a = s * tl.sigmoid(s) * inv_n
+        if DIAG:
+            a = tl.where(vis, a, 0.0)
+        if IEEE:
+            return tl.dot(a, vb, acc, input_precision="ieee")
+        return tl.dot(a.to(vb.dtype), vb, acc)
+
+    @triton.jit
+    def _seq_tile(acc0, acc1, acc2, acc3, q0, q1, q2, q3, K, V, TS, PosW, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                  safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, max_pos, num_tb, inv_n,
+                  log2_scale, HG: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                  DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_BUCKETS: tl.constexpr,
+                  LUT_BASE: tl.constexpr):
+        """One key tile for the program's HG heads; the relative bias is computed once for all of them."""
+        kpos = j0 + tl.arange(0, BLOCK_N)                    # key positions in the sequence
+        k_ok = kpos < L
+        if DIAG:
+            ts_k = tl.load(TS + s + tl.minimum(kpos, L - 1))
+        else:
+            ts_k = tl.load(TS + s + kpos)
+        rel = qpos[:, None] - kpos[None, :]
+        vis = rel >= 0
+        if DIAG:
+            rel = tl.maximum(rel, 0)
+        bias = tl.load(PosW + tl.minimum(rel, max_pos - 1)).to(tl.float32)
+        if LUT_BUCKETS:
+            if safe != 0:
+                # every |dt| of the sequence is < 2^31 (``safe``, from the tile table): the low
+                # words' difference is exact, and the bucket is the LUT cell of float32(|dt|)'s
+                # bits plus one compare
+                x = tl.maximum(tl.abs(ts_q.to(tl.int32)[:, None] - ts_k.to(tl.int32)[None, :]), 1)
+                xb = x.to(tl.float32).to(tl.int32, bitcast=True)
+                e = tl.load(Lut + ((xb >> 21) - LUT_BASE))
+                bkt = (e & 1023) + ((xb & 2097151) > (e >> 10)).to(tl.int32)
+            else:
+                bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
+        else:
+            bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
+        bias += tl.load(TimeW + bkt).to(tl.float32)
+        kr = (s + kpos).to(tl.int64)
+        acc0 = _seq_head(acc0, q0, K, V, kr, k_ok, h0, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt,
+                         stride_vh, inv_n, QK_DIM, V_DIM, DIAG, IEEE, FAST_SILU)
+        if HG > 1:
+            acc1 = _seq_head(acc1, q1, K, V, kr, k_ok, h0 + 1, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt,
+                             stride_vh, inv_n, QK_DIM, V_DIM, DIAG, IEEE, FAST_SILU)
+        if HG > 2:
+            acc2 = _seq_head(acc2, q2, K, V, kr, k_ok, h0 + 2, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt,
+                             stride_vh, inv_n, QK_DIM, V_DIM, DIAG, IEEE, FAST_SILU)
+        if HG > 3:
+            acc3 = _seq_head(acc3, q3, K, V, kr, k_ok, h0 + 3, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt,
+                             stride_vh, inv_n, QK_DIM, V_DIM, DIAG, IEEE, FAST_SILU)
+        return acc0, acc1, acc2, acc3
+
+    @triton.jit
+    def _load_q(Q, qr64, q_ok, h, stride_qh, dq, QK_DIM: tl.constexpr):
+        return tl.load(Q + qr64[:, None] + h * stride_qh + dq[None, :],
+                       mask=q_ok[:, None] & (dq[None, :] < QK_DIM), other=0.0)
+
+    @triton.jit
+    def _store_o(Out, orow64, q_ok, h, stride_oh, dv, acc, V_DIM: tl.constexpr):
+        tl.store(Out + orow64[:, None] + h * stride_oh + dv[None, :], acc.to(Out.dtype.element_ty),
+                 mask=q_ok[:, None] & (dv[None, :] < V_DIM))
+
+    @triton.jit
+    def _hstu_attn_seq_fwd(
+        Q, K, V, Out, Tiles, TS, PosW, TimeW, Thr, Lut,
+        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+        n_grid, max_pos, num_tb, inv_n, log2_scale,
+        HG: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
+        BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_BUCKETS: tl.constexpr, LUT_BASE: tl.constexpr,
+    ):
+        # One program = one query tile of ONE sequence (rows q0 .. q0+BLOCK_M-1 of it) x HG heads
+        # (head group program_id(1)); its start, length (0: no tile, the grid is a host-known
+        # upper bound), q0 and int32-safety come from the tile table (_seq_tiles).  Keys run
+        # from 0 to min(q0 + BLOCK_M, L): the tiles left of the diagonal are full (no mask, no
+        # bounds check), only the BLOCK_M / BLOCK_N diagonal ones are causal-masked.  The
+        # relative bias of a tile is computed once and shared by the group's heads.
+        pid = tl.program_id(0)
+        h0 = tl.program_id(1) * HG
+        s = tl.load(Tiles + pid)
+        L = tl.load(Tiles + n_grid + pid)
+        q0 = tl.load(Tiles + 2 * n_grid + pid)
+        safe = tl.load(Tiles + 3 * n_grid + pid)
+        qpos = q0 + tl.arange(0, BLOCK_M)
+        q_ok = qpos < L
+        qrow = s + tl.minimum(qpos, tl.maximum(L - 1, 0))
+        ts_q = tl.load(TS + qrow)
+        dq = tl.arange(0, BLOCK_DQ)
+        dv = tl.arange(0, BLOCK_DV)
+        qr64 = qrow.to(tl.int64) * stride_qt
+        q_0 = _load_q(Q, qr64, q_ok, h0, stride_qh, dq, QK_DIM)
+        q_1 = q_0
+        q_2 = q_0
+        q_3 = q_0
+        if HG > 1:
+            q_1 = _load_q(Q, qr64, q_ok, h0 + 1, stride_qh, dq, QK_DIM)
+        if HG > 2:
+            q_2 = _load_q(Q, qr64, q_ok, h0 + 2, stride_qh, dq, QK_DIM)
+        if HG > 3:
+            q_3 = _load_q(Q, qr64, q_ok, h0 + 3, stride_qh, dq, QK_DIM)
+        acc0 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+        acc1 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+        acc3 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+        q_end = tl.where(L > 0, q0, 0)
+        for j0 in range(0, q_end, BLOCK_N):              # full tiles left of the diagonal
+            acc0, acc1, acc2, acc3 = _seq_tile(
+                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosW, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, max_pos, num_tb, inv_n,
+                log2_scale, HG, QK_DIM, V_DIM, BLOCK_N, False, IEEE, FAST_SILU, LUT_BUCKETS, LUT_BASE)
+        for j0 in range(q_end, tl.minimum(q0 + BLOCK_M, L), BLOCK_N):   # the diagonal tiles
+            acc0, acc1, acc2, acc3 = _seq_tile(
+                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosW, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, max_pos, num_tb, inv_n,
+                log2_scale, HG, QK_DIM, V_DIM, BLOCK_N, True, IEEE, FAST_SILU, LUT_BUCKETS, LUT_BASE)
+        orow = qrow.to(tl.int64) * stride_ot
+        _store_o(Out, orow, q_ok, h0, stride_oh, dv, acc0, V_DIM)
+        if HG > 1:
+            _store_o(Out, orow, q_ok, h0 + 1, stride_oh, dv, acc1, V_DIM)
+        if HG > 2:
+            _store_o(Out, orow, q_ok, h0 + 2, stride_oh, dv, acc2, V_DIM)
+        if HG > 3:
+            _store_o(Out, orow, q_ok, h0 + 3, stride_oh, dv, acc3, V_DIM)
+
+
+def lut_time_bucket(dt: torch.Tensor, num_time_buckets: int) -> torch.Tensor:
+    """The per-sequence kernel's int32 bucket path (:func:`bucket_lut`) in torch, for |dt| < 2^31
+    (diagnostics and tests: compare with :func:`time_bucket`)."""
+    x = dt.abs().clamp(min=1).to(torch.float32).view(torch.int32)
+    e = bucket_lut(num_time_buckets, dt.device)[((x >> LUT_SHIFT) - LUT_BASE).long()]
+    return ((e & 1023) + ((x & LUT_LOW) > (e >> 10)).int()).long()
 
 
 def time_bucket_triton(dt: torch.Tensor, num_time_buckets: int) -> torch.Tensor:
@@ -476,18 +707,95 @@ def default_config(T: int, H: int, qk_dim: int, v_dim: int, dtype: torch.dtype, 
     split so that the few row blocks still fill the GPU (``num_splits``, see
     :func:`_pick_splits`)."""
     if _dispatch.interpreting():
-        return dict(block_m=16, block_n=16, num_warps=4, num_stages=1, prefetch=False)
+        return dict(block_m=16, block_n=16, num_warps=4, num_stages=1)
     hp = triton.next_power_of_2(H)
     if q_rows is not None and num_seqs and q_rows <= 4 * num_seqs:
         # decode: untuned first guess (bench/kernels_bench.py --decode sweeps it)
         return dict(block_m=16, block_n=64 if max(qk_dim, v_dim) <= 64 and hp <= 2 else 32,
-                    num_warps=4, num_stages=2, prefetch=False)
-    # Small tiles win: the per-pair bias work (3 gathers, log2, masks, SiLU per head) is the
-    # cost, and larger tiles spill registers; the hand-prefetched loop variant was slower
-    # (runs 2-3 sweeps on H100, docs/perf.md).
+                    num_warps=4, num_stages=2)
+    # kernel="block" on every row (the plain op runs the per-sequence kernel): run 3's defaults
     if hp >= 4 or max(qk_dim, v_dim) > 64:
-        return dict(block_m=16, block_n=32, num_warps=4, num_stages=2, prefetch=False)
-    return dict(block_m=16, block_n=16, num_warps=2, num_stages=2, prefetch=False)
+        return dict(block_m=16, block_n=32, num_warps=4, num_stages=2)
+    return dict(block_m=16, block_n=16, num_warps=2, num_stages=2)
+
+
+def seq_config(H: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:
+    """Config of the per-sequence kernel (every row a query): BLOCK_M query rows of one
+    sequence x ``heads`` heads per program (a divisor of H, at most 4), BLOCK_N keys per tile."""
+    if _dispatch.interpreting():
+        return dict(block_m=16, block_n=16, num_warps=4, num_stages=1,
+                    heads=max(g for g in (1, 2, 3, 4) if H % g == 0))
+    # from the H200 sweeps (docs/perf.md, runs 5-8): 64-row query tiles (wgmma) and all heads
+    # in one program (the bias is computed once for them) as long as the accumulators fit
+    if max(qk_dim, v_dim) > 64:
+        return dict(block_m=32, block_n=32, num_warps=4, num_stages=2,
+                    heads=max(g for g in (1, 2) if H % g == 0))
+    hg = max(g for g in (1, 2, 3, 4) if H % g == 0)
+    return dict(block_m=64, block_n=32 if hg >= 3 else 16, num_warps=4, num_stages=2, heads=hg)
+
+
+_TILES_CACHE: dict = {}
+
+
+def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int) -> torch.Tensor:
+    """(4, G) int32 tile table of the per-sequence kernel, built by two small Triton kernels
+    (no host sync).  Column t = the tile's sequence start, its length (0 = no tile), its first
+    query position, and 1 when the sequence's time span is below 2^31 s (its int32 bucket path
+    is exact).  G = T // BM + B bounds the number of tiles, sum_b ceil(L_b / BM), from the
+    shapes alone.  Tiles are ordered by decreasing key count (every sequence's last tile
+    first), so the long programs do not form the tail.  The last table is kept for the same
+    ``offsets`` and ``ts_s`` tensors (same objects, unmodified): the encoder's layers share one
+    (outside ``torch.inference_mode``, whose tensors have no version counter)."""
+    # inference tensors (torch.inference_mode) have no version counter: no reuse for them
+    cacheable = not (offsets.is_inference() or ts_s.is_inference())
+    key = (T, block_m, offsets._version, ts_s._version) if cacheable else None
+    hit = _TILES_CACHE.get("last")
+    if cacheable and hit is not None and hit[0]() is offsets and hit[1]() is ts_s and hit[2] == key:
+        return hit[3]
+    B = offsets.numel() - 1
+    G = T // block_m + B
+    safe = torch.empty(B, dtype=torch.int32, device=offsets.device)
+    _seq_span_kernel[(B,)](offsets, ts_s, safe, CHUNK=256, num_warps=2)
+    tiles = torch.empty(4, G, dtype=torch.int32, device=offsets.device)
+    _seq_tiles_kernel[(1,)](offsets, safe, tiles, B, G, BLOCK_M=block_m, CHUNK=1024, num_warps=4)
+    if cacheable:
+        _TILES_CACHE["last"] = (weakref.ref(offsets), weakref.ref(ts_s), key, tiles)
+    return tiles
+
+
+def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, thr, attn_n, num_time_buckets, max_seq_len,
+                   block_m=None, block_n=None, num_warps=None, num_stages=None, heads=None, fast_silu=True,
+                   lut_buckets=True, maxnreg=None):
+    """Launch the per-sequence kernel (every row a query)."""
+    T, H, qk_dim = q.shape
+    v_dim = v.shape[-1]
+    cfg = seq_config(H, qk_dim, v_dim, q.dtype)
+    bm, bn = block_m or cfg["block_m"], block_n or cfg["block_n"]
+    hg = heads or cfg["heads"]
+    if bm % bn or H % hg or not 1 <= hg <= 4:
+        raise ValueError(f"need block_n | block_m and heads | H with heads <= 4; got {bm}, {bn}, {hg} (H={H})")
+    if T >= 2**31:
+        raise ValueError(f"{T} rows: the per-sequence kernel indexes rows in int32")
+    tiles = _seq_tiles(offsets, ts_s, T, bm)
+    G = tiles.shape[1]
+    global LAST_COMPILED, LAST_LAUNCH
+    LAST_LAUNCH = {"kernel": "seq", "grid": (G, H // hg), "block_m": bm, "block_n": bn, "heads": hg,
+                   "num_warps": num_warps or cfg["num_warps"], "num_stages": num_stages or cfg["num_stages"]}
+    LAST_COMPILED = _hstu_attn_seq_fwd[(G, H // hg)](
+        q, k, v, out, tiles, ts_s, pos_w, time_w, thr,
+        bucket_lut(min(num_time_buckets, LUT_MAX_BUCKETS), q.device),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1),
+        G, max_seq_len, num_time_buckets, 1.0 / float(attn_n), _LOG2_SCALE,
+        HG=hg, QK_DIM=qk_dim, V_DIM=v_dim,
+        BLOCK_DQ=max(16, triton.next_power_of_2(qk_dim)), BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
+        BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
+        FAST_SILU=(q.dtype != torch.float32 and not _dispatch.interpreting() and fast_silu),
+        LUT_BUCKETS=lut_buckets and num_time_buckets <= LUT_MAX_BUCKETS, LUT_BASE=LUT_BASE,
+        num_warps=LAST_LAUNCH["num_warps"], num_stages=LAST_LAUNCH["num_stages"],
+        **({"maxnreg": maxnreg} if maxnreg else {}),
+    )
+    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -515,12 +823,25 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
                           block_m: int | None = None,
                           block_n: int | None = None, num_warps: int | None = None,
                           num_stages: int | None = None, fast_silu: bool = True,
-                          prefetch: bool | None = None, num_splits: int | None = None) -> torch.Tensor:
-    """The fused Triton kernel.  Grid = ceil(Tq / BLOCK_M) programs (x ``num_splits`` key
-    chunks on the q_offsets path), each doing every head of its BLOCK_M query rows: work
-    scales with the number of (query, visible key) tiles, never with B x max_len; no
-    padding, no host sync.  ``fast_silu`` (bf16/fp16 only) evaluates the sigmoid with the
-    hardware tanh approximation (relative error ~5e-4, below bf16 rounding).
+                          num_splits: int | None = None,
+                          heads: int | None = None, kernel: str = "auto", lut_buckets: bool = True,
+                          maxnreg: int | None = None) -> torch.Tensor:
+    """The fused Triton kernels; no padding, no host sync, work proportional to the number of
+    (query, visible key) tiles, never to B x max_len.
+
+    * Every row a query (``q_offsets`` None; ``kernel="auto"``): ``_hstu_attn_seq_fwd``, one
+      program per BLOCK_M-row query tile of ONE sequence x ``heads`` heads (the bias is
+      computed once per key tile for them), tiles listed longest first by a tiny on-device
+      table (:func:`_seq_tiles`); only the diagonal key tiles are masked; time buckets through
+      an int32 LUT (:func:`bucket_lut`) when the sequence spans < 2^31 s.  Config:
+      :func:`seq_config` unless given.
+    * Queries on the last rows (``q_offsets``), or ``kernel="block"``: ``_hstu_attn_fwd``,
+      ceil(Tq / BLOCK_M) programs over the flattened rows (x ``num_splits`` key chunks), each
+      doing every head of its rows; a block may span sequences.  Config: :func:`default_config`.
+
+    ``fast_silu`` (bf16/fp16 only) evaluates the sigmoid with the hardware tanh approximation
+    (relative error ~5e-4, below bf16 rounding).  ``lut_buckets=False`` and ``maxnreg`` are for
+    benchmarks.
 
     ``q_offsets`` (B+1,): queries are the last Lq_b rows of each key sequence (module
     docstring); q is then (Tq, H, qk_dim) and the result (Tq, H, v_dim).  Lq_b <= Lk_b is
@@ -529,6 +850,8 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     for a given config); ``None`` picks it from the shapes (1 without q_offsets)."""
     if not _HAVE_TRITON:
         raise RuntimeError("triton is not installed")
+    if kernel not in ("auto", "seq", "block"):
+        raise ValueError(f"kernel must be 'auto', 'seq' or 'block'; got {kernel!r}")
     if isinstance(max_seq_len, torch.Tensor):
         max_seq_len, q_offsets = _split_args(max_seq_len, q_offsets)
     max_seq_len = max_seq_len or pos_w.shape[0]
@@ -544,6 +867,15 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     if Tq == 0:
         return out
     has_q = q_offsets is not None
+    offsets = offsets.to(torch.int64).contiguous()
+    ts_s = ts_s.to(torch.int64).contiguous()
+    pos_w = pos_w.contiguous()
+    time_w = time_w.contiguous()
+    thr = bucket_thresholds(num_time_buckets, q.device)
+    if not has_q and kernel in ("auto", "seq"):
+        return _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, thr, attn_n, num_time_buckets,
+                              max_seq_len, block_m, block_n, num_warps, num_stages, heads, fast_silu, lut_buckets,
+                              maxnreg)
     B = offsets.shape[0] - 1
     cfg = default_config(T, H, qk_dim, v_dim, q.dtype, q_rows=Tq, num_seqs=B) if has_q else \
         default_config(T, H, qk_dim, v_dim, q.dtype)
@@ -551,7 +883,6 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     bn = block_n or cfg["block_n"]
     nw = num_warps or cfg["num_warps"]
     ns = num_stages or cfg["num_stages"]
-    offsets = offsets.to(torch.int64).contiguous()
     q_offs = q_offsets.to(device=q.device, dtype=torch.int64).contiguous() if has_q else offsets
     if not has_q:
         splits = 1
@@ -559,11 +890,7 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
         splits = max(1, int(num_splits))
     else:
         splits = _pick_splits(T, Tq, bm, bn, q.device)
-    ts_s = ts_s.to(torch.int64).contiguous()
-    pos_w = pos_w.contiguous()
-    time_w = time_w.contiguous()
     n_search = offsets.numel() - 1  # valid sequence indices are 0 .. B-1
-    thr = bucket_thresholds(num_time_buckets, q.device)
     interp = _dispatch.interpreting()
     dst = out if splits == 1 else torch.empty(splits, Tq, H, v_dim, dtype=torch.float32, device=v.device)
     grid = (triton.cdiv(Tq, bm), splits)
@@ -580,7 +907,6 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
         BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
         FAST_SILU=(q.dtype != torch.float32 and not interp and fast_silu),
-        PREFETCH=prefetch if prefetch is not None else cfg.get("prefetch", True),
         HAS_QOFF=has_q, SPLIT=splits > 1,
         num_warps=nw, num_stages=ns,
     )

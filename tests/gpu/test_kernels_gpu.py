@@ -89,6 +89,10 @@ def test_time_bucket_matches_on_gpu():
     dt = torch.arange(-(1 << 20), 1 << 22, device="cuda")
     mism = (ha.time_bucket_triton(dt, 64) != ha.time_bucket(dt, 64)).sum().item()
     assert mism == 0
+    # the per-sequence kernel's int32 LUT path, up to 2^31 - 1
+    big = torch.randint(-(2**31 - 1), 2**31 - 1, (1 << 22,), device="cuda")
+    for d in (dt, big):
+        assert torch.equal(ha.lut_time_bucket(d, 64), ha.time_bucket(d, 64))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -41,9 +41,26 @@ def test_block_sizes_and_short_pos_table(interp):
     lengths = torch.tensor([1, 50, 2, 17, 33, 1])
     a = kt.random_jagged_attention_inputs(6, 50, 2, 16, 16, lengths=lengths, max_seq_len=8, seed=3)
     ref = _ref64(a, ha)
-    for bm, bn, pf in [(16, 16, True), (32, 16, True), (16, 32, False), (16, 16, False)]:
-        out = ha.hstu_attention_triton(**a, block_m=bm, block_n=bn, prefetch=pf)
-        assert kt.rel_err(out, ref) < 1e-5, (bm, bn, pf)
+    for bm, bn, hg in [(16, 16, 1), (32, 16, 2), (32, 32, 1), (64, 16, 2)]:
+        out = ha.hstu_attention_triton(**a, block_m=bm, block_n=bn, heads=hg)
+        assert kt.rel_err(out, ref) < 1e-5, (bm, bn, hg)
+    with pytest.raises(ValueError):                   # key tiles must divide query tiles
+        ha.hstu_attention_triton(**a, block_m=16, block_n=32)
+    for bm, bn in [(16, 16), (32, 16), (16, 32)]:                  # the token-block kernel on every row
+        out = ha.hstu_attention_triton(**a, block_m=bm, block_n=bn, kernel="block")
+        assert kt.rel_err(out, ref) < 1e-5, (bm, bn)
+
+
+def test_inference_mode_tensors(interp):
+    ha = interp
+    a = kt.random_jagged_attention_inputs(4, 30, 2, 16, 16, seed=8)
+    ref = _ref64(a, ha)
+    with torch.inference_mode():
+        b = {n: (t.clone() if isinstance(t, torch.Tensor) else t) for n, t in a.items()}   # inference tensors
+        assert kt.rel_err(ha.hstu_attention_triton(**b), ref) < 1e-5
+        b["ts_s"][:5] -= 2**40                     # changed in place: no stale tile table
+        out = ha.hstu_attention_triton(**b)
+    assert kt.rel_err(out, _ref64(dict(a, ts_s=b["ts_s"].clone()), ha)) < 1e-5
 
 
 def test_empty_sequences_and_strided_views(interp):
@@ -77,6 +94,19 @@ def test_time_bucket_formula(interp):
     want = [min(math.floor(math.log(max(abs(int(x)), 1)) / 0.301), 63) for x in dt]
     assert ha.time_bucket(dt, 64).tolist() == want
     assert ha.time_bucket(dt, 8).max().item() == 7
+
+
+@pytest.mark.parametrize("nb", [64, 8, 100])
+def test_bucket_lut_is_exact(interp, nb):
+    ha = interp
+    # every |dt| below 2^16, each bucket threshold and its neighbours, values that round to 2^31 in
+    # float32, and random ones up to 2^31 - 1
+    thr = ha.bucket_thresholds(nb, "cpu")[1:nb]
+    edges = thr[torch.isfinite(thr) & (thr < 2**31 - 2)].to(torch.int64)
+    near_2_31 = torch.tensor([2**31 - 1, 2**31 - 3, 2**31 - 64, 2**31 - 65, 2**31 - 200])   # float32 -> 2^31
+    dt = torch.cat([torch.arange(-(1 << 16), 1 << 16), edges - 1, edges, edges + 1, near_2_31, -near_2_31,
+                    torch.randint(-(2**31 - 1), 2**31 - 1, (100_000,), generator=torch.Generator().manual_seed(nb))])
+    assert torch.equal(ha.lut_time_bucket(dt, nb), ha.time_bucket(dt, nb))
 
 
 def test_dispatcher_paths(interp, monkeypatch):
@@ -135,6 +165,18 @@ def test_timestamps_far_apart(interp):
     ts[12:] = torch.tensor([0, 10, 2**31, 2**31 + 7, 2**33, 2**33 + 1])
     a["ts_s"] = ts
     assert kt.rel_err(ha.hstu_attention_triton(**a), _ref64(a, ha)) < 1e-5
+    # the tile table (which sequences take the int32 bucket path) follows the timestamps: a new
+    # tensor with the same offsets, and the same tensor changed in place
+    for far in (False, True):
+        a["offsets"] = a["offsets"].clone()
+        a["ts_s"] = ts.clone()
+        a["ts_s"][12:] = torch.tensor([0, 10, 20, 30, 40, 50])       # every sequence int32-safe
+        assert kt.rel_err(ha.hstu_attention_triton(**a), _ref64(a, ha)) < 1e-5
+        if far:
+            a["ts_s"][12:] = torch.tensor([0, 10, 20, 2**31 + 7, 40, 2**32])   # in place
+        else:
+            a["ts_s"] = ts                                            # a new tensor
+        assert kt.rel_err(ha.hstu_attention_triton(**a), _ref64(a, ha)) < 1e-5, far
 
 
 # ----------------------------------------------------------------- queries on the last rows (q_offsets)
@@ -175,7 +217,7 @@ def test_triton_q_offsets_matches_reference(interp, B, H, qk, vd, dtype, tol, lq
         assert kt.rel_err(out, ref) < tol, (splits, lqs)
 
 
-def test_q_offsets_block_sizes_prefetch_and_empty_query_sets(interp):
+def test_q_offsets_block_sizes_and_empty_query_sets(interp):
     ha = interp
     # sequences without queries between ones with queries (their key tiles are skipped), one
     # sequence whose queries are all its rows, a short position table, and a 4-way key split
@@ -186,9 +228,9 @@ def test_q_offsets_block_sizes_prefetch_and_empty_query_sets(interp):
     qo[1:] = lqs.cumsum(0)
     a["q"] = torch.randn(int(qo[-1]), 2, 16, generator=torch.Generator().manual_seed(2))
     ref = _ref64_q(a, ha, qo)
-    for bm, bn, pf, ns in [(16, 16, False, 1), (16, 32, True, 1), (32, 16, False, 4), (16, 16, True, 2)]:
-        out = ha.hstu_attention_triton(**a, q_offsets=qo, block_m=bm, block_n=bn, prefetch=pf, num_splits=ns)
-        assert kt.rel_err(out, ref) < 1e-5, (bm, bn, pf, ns)
+    for bm, bn, ns in [(16, 16, 1), (16, 32, 1), (32, 16, 4), (16, 16, 2)]:
+        out = ha.hstu_attention_triton(**a, q_offsets=qo, block_m=bm, block_n=bn, num_splits=ns)
+        assert kt.rel_err(out, ref) < 1e-5, (bm, bn, ns)
     # no queries at all
     empty = ha.hstu_attention_triton(**dict(a, q=a["q"][:0]), q_offsets=torch.zeros(7, dtype=torch.int64))
     assert empty.shape == (0, 2, 16)
