@@ -324,11 +324,15 @@ if _HAVE_TRITON:
         tl.store(Out + offs, _time_bucket_tl(dt, Thr, num_tb, log2_scale), mask=m)
 
     @triton.jit
+    def _tanh_half(x):
+        # tanh(x / 2) on the MUFU tanh unit (approximate: half precision only)
+        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x * 0.5],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+
+    @triton.jit
     def _fast_silu(x):
-        # x * sigmoid(x) with sigmoid = 0.5 * tanh(0.5 x) + 0.5 on the MUFU tanh unit (half precision only)
-        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x * 0.5],
-                                      dtype=tl.float32, is_pure=True, pack=1)
-        return x * (0.5 * t + 0.5)
+        # x * sigmoid(x) with sigmoid = 0.5 * tanh(0.5 x) + 0.5
+        return x * (0.5 * _tanh_half(x) + 0.5)
 
     @triton.jit
     def _load_kv(K, V, TS, j0, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh,
@@ -546,9 +550,7 @@ if _HAVE_TRITON:
             s = tl.dot(q, tl.trans(kb))
         s = s + bias
         if FAST_SILU:   # SiLU(s) / n = s * (tanh(s/2) * n/2 + n/2), n folded into the FMA
-            t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [s * 0.5],
-                                          dtype=tl.float32, is_pure=True, pack=1)
-            a = s * (t * (0.5 * inv_n) + 0.5 * inv_n)
+            a = s * (_tanh_half(s) * (0.5 * inv_n) + 0.5 * inv_n)
         else:
             a = s * tl.sigmoid(s) * inv_n
         if DIAG:
