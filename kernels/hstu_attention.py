@@ -294,6 +294,60 @@ def bucket_lut(num_time_buckets: int, device) -> torch.Tensor:
     return lut
 
 
+
+def bias_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The per-sequence kernel's bias tables are float32 for float32 inputs and in the input dtype
+    for 16-bit inputs (as in the padded reference, which casts the tables to the input dtype)."""
+    return torch.float32 if dtype == torch.float32 else dtype
+
+
+def folded_lut(time_w: torch.Tensor, num_time_buckets: int, dtype: torch.dtype) -> torch.Tensor:
+    """(LUT_CELLS,) int64: :func:`bucket_lut` with the time weights folded in, for 16-bit inputs.
+    Low word = the cell's threshold test value (low bits of float32(|dt|) above it: next bucket);
+    high word = time_w[b + 1] << 16 | time_w[b] as 16-bit patterns (``dtype``), b = the cell's
+    lowest bucket.  One gather then gives the weight: time_w[bucket(dt)] exactly (in ``dtype``)."""
+    e = bucket_lut(num_time_buckets, time_w.device).to(torch.int64)
+    b = e & 1023
+    w = time_w.detach().to(dtype).view(torch.int16).to(torch.int64) & 0xFFFF
+    hi = (w[(b + 1).clamp(max=num_time_buckets - 1)] << 16) | w[b]
+    return ((hi << 32) | (e >> 10)).contiguous()
+
+
+def pos_tiles(pos_w: torch.Tensor, max_seq_len: int, block_m: int, block_n: int, dtype: torch.dtype):
+    """Position bias of every (BLOCK_M x BLOCK_N) tile the per-sequence kernel can meet, so it loads
+    it with coalesced vector loads instead of a gather per pair.  A tile's bias depends only on
+    delta = q0 - j0 (a multiple of BLOCK_N, >= BLOCK_N - BLOCK_M):
+
+        tiles[d, i, j] = pos_w[clamp(delta_d + i - j, 0, max_seq_len - 1)],  delta_d = d * BLOCK_N - (BLOCK_M - BLOCK_N)
+
+    and from d = n_tiles - 1 on every entry is pos_w[max_seq_len - 1] (the kernel clamps d there).
+    Returns ((n_tiles * BLOCK_M, BLOCK_N) tensor of ``dtype``, n_tiles)."""
+    n = -(-(max_seq_len + block_m - 2) // block_n) + 1
+    dev = pos_w.device
+    d = torch.arange(n, device=dev)[:, None, None] * block_n - (block_m - block_n)
+    rel = d + torch.arange(block_m, device=dev)[None, :, None] - torch.arange(block_n, device=dev)[None, None, :]
+    return pos_w.detach().to(dtype)[rel.clamp(0, max_seq_len - 1)].reshape(n * block_m, block_n).contiguous(), n
+
+
+_TABLES_CACHE: dict = {}
+
+
+def _cached(kind: str, src: torch.Tensor, key: tuple, build):
+    """``build()`` kept per source tensor (same object, unmodified: weakref + _version), for the
+    tables derived from the model's bias weights; inference tensors have no version: no reuse."""
+    if src.is_inference():
+        return build()
+    k = (kind, id(src)) + key
+    hit = _TABLES_CACHE.get(k)
+    if hit is not None and hit[0]() is src and hit[1] == src._version:
+        return hit[2]
+    if len(_TABLES_CACHE) > 64:
+        _TABLES_CACHE.clear()
+    val = build()
+    _TABLES_CACHE[k] = (weakref.ref(src), src._version, val)
+    return val
+
+
 _THR_CACHE: dict = {}
 LAST_COMPILED = None  # diagnostics: the last launched compiled kernel (n_regs, n_spills)
 LAST_LAUNCH: dict = {}  # diagnostics: grid, key splits and block sizes of the last launch
@@ -560,11 +614,11 @@ if _HAVE_TRITON:
         return tl.dot(a.to(vb.dtype), vb, acc)
 
     @triton.jit
-    def _seq_tile(acc0, acc1, acc2, acc3, q0, q1, q2, q3, K, V, TS, PosW, TimeW, Thr, Lut, s, L, qpos, ts_q,
-                  safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, max_pos, num_tb, inv_n,
-                  log2_scale, HG: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                  DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_BUCKETS: tl.constexpr,
-                  LUT_BASE: tl.constexpr):
+    def _seq_tile(acc0, acc1, acc2, acc3, q0, q1, q2, q3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                  safe, j0, tq0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
+                  inv_n, log2_scale, HG: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr, IEEE: tl.constexpr,
+                  FAST_SILU: tl.constexpr, LUT_W: tl.constexpr, W_BF16: tl.constexpr, LUT_BASE: tl.constexpr):
         """One key tile for the program's HG heads; the relative bias is computed once for all of them."""
         kpos = j0 + tl.arange(0, BLOCK_N)                    # key positions in the sequence
         k_ok = kpos < L
@@ -572,25 +626,27 @@ if _HAVE_TRITON:
             ts_k = tl.load(TS + s + tl.minimum(kpos, L - 1))
         else:
             ts_k = tl.load(TS + s + kpos)
-        rel = qpos[:, None] - kpos[None, :]
-        vis = rel >= 0
-        if DIAG:
-            rel = tl.maximum(rel, 0)
-        bias = tl.load(PosW + tl.minimum(rel, max_pos - 1)).to(tl.float32)
-        if LUT_BUCKETS:
-            if safe != 0:
-                # every |dt| of the sequence is < 2^31 (``safe``, from the tile table): the low
-                # words' difference is exact, and the bucket is the LUT cell of float32(|dt|)'s
-                # bits plus one compare
-                x = tl.maximum(tl.abs(ts_q.to(tl.int32)[:, None] - ts_k.to(tl.int32)[None, :]), 1)
-                xb = x.to(tl.float32).to(tl.int32, bitcast=True)
-                e = tl.load(Lut + ((xb >> 21) - LUT_BASE))
-                bkt = (e & 1023) + ((xb & 2097151) > (e >> 10)).to(tl.int32)
+        vis = qpos[:, None] >= kpos[None, :]
+        # position bias: the precomputed tile of this q0 - j0 (pos_tiles), one coalesced load
+        d = tl.minimum((tq0 - j0 + BLOCK_M - BLOCK_N) // BLOCK_N, n_pos_tiles - 1)
+        bias = tl.load(PosT + d * (BLOCK_M * BLOCK_N) + tile_offs).to(tl.float32)
+        if LUT_W and safe != 0:
+            # every |dt| of the sequence is < 2^31 (``safe``, from the tile table): the low words'
+            # difference is exact; the LUT cell of float32(|dt|)'s bits holds the cell's threshold
+            # and the two weights around it (folded_lut): one gather, one compare
+            x = tl.maximum(tl.abs(ts_q.to(tl.int32)[:, None] - ts_k.to(tl.int32)[None, :]), 1)
+            xb = x.to(tl.float32).to(tl.int32, bitcast=True)
+            e = tl.load(Lut + ((xb >> 21) - LUT_BASE))
+            up = (xb & 2097151) > e.to(tl.int32)
+            hi = (e >> 32).to(tl.int32)
+            if W_BF16:
+                bias += tl.where(up, hi & -65536, hi << 16).to(tl.float32, bitcast=True)
             else:
-                bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
+                w = tl.where(up, hi >> 16, hi) & 65535
+                bias += w.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         else:
             bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
-        bias += tl.load(TimeW + bkt).to(tl.float32)
+            bias += tl.load(TimeW + bkt).to(tl.float32)
         kr = (s + kpos).to(tl.int64)
         acc0 = _seq_head(acc0, q0, K, V, kr, k_ok, h0, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt,
                          stride_vh, inv_n, QK_DIM, V_DIM, DIAG, IEEE, FAST_SILU)
@@ -617,19 +673,22 @@ if _HAVE_TRITON:
 
     @triton.jit
     def _hstu_attn_seq_fwd(
-        Q, K, V, Out, Tiles, TS, PosW, TimeW, Thr, Lut,
+        Q, K, V, Out, Tiles, TS, PosT, TimeW, Thr, Lut,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-        n_grid, max_pos, num_tb, inv_n, log2_scale,
+        n_grid, n_pos_tiles, num_tb, inv_n, log2_scale,
         HG: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
         BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_BUCKETS: tl.constexpr, LUT_BASE: tl.constexpr,
+        IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_W: tl.constexpr, W_BF16: tl.constexpr,
+        LUT_BASE: tl.constexpr,
     ):
         # One program = one query tile of ONE sequence (rows q0 .. q0+BLOCK_M-1 of it) x HG heads
         # (head group program_id(1)); its start, length (0: no tile, the grid is a host-known
         # upper bound), q0 and int32-safety come from the tile table (_seq_tiles).  Keys run
         # from 0 to min(q0 + BLOCK_M, L): the tiles left of the diagonal are full (no mask, no
         # bounds check), only the BLOCK_M / BLOCK_N diagonal ones are causal-masked.  The
-        # relative bias of a tile is computed once and shared by the group's heads.
+        # relative bias of a tile is computed once and shared by the group's heads: its position
+        # part is a precomputed tile (PosT, pos_tiles), its time part one gather from the folded
+        # LUT (16-bit inputs, sequences spanning < 2^31 s) or the log path (_time_bucket_tl).
         pid = tl.program_id(0)
         h0 = tl.program_id(1) * HG
         s = tl.load(Tiles + pid)
@@ -657,17 +716,20 @@ if _HAVE_TRITON:
         acc1 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         acc3 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+        tile_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         q_end = tl.where(L > 0, q0, 0)
         for j0 in range(0, q_end, BLOCK_N):              # full tiles left of the diagonal
             acc0, acc1, acc2, acc3 = _seq_tile(
-                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosW, TimeW, Thr, Lut, s, L, qpos, ts_q,
-                safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, max_pos, num_tb, inv_n,
-                log2_scale, HG, QK_DIM, V_DIM, BLOCK_N, False, IEEE, FAST_SILU, LUT_BUCKETS, LUT_BASE)
+                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
+                inv_n, log2_scale, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, False, IEEE, FAST_SILU, LUT_W, W_BF16,
+                LUT_BASE)
         for j0 in range(q_end, tl.minimum(q0 + BLOCK_M, L), BLOCK_N):   # the diagonal tiles
             acc0, acc1, acc2, acc3 = _seq_tile(
-                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosW, TimeW, Thr, Lut, s, L, qpos, ts_q,
-                safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, max_pos, num_tb, inv_n,
-                log2_scale, HG, QK_DIM, V_DIM, BLOCK_N, True, IEEE, FAST_SILU, LUT_BUCKETS, LUT_BASE)
+                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
+                inv_n, log2_scale, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, True, IEEE, FAST_SILU, LUT_W, W_BF16,
+                LUT_BASE)
         orow = qrow.to(tl.int64) * stride_ot
         _store_o(Out, orow, q_ok, h0, stride_oh, dv, acc0, V_DIM)
         if HG > 1:
@@ -780,20 +842,26 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, thr, attn_n, num_
         raise ValueError(f"{T} rows: the per-sequence kernel indexes rows in int32")
     tiles = _seq_tiles(offsets, ts_s, T, bm)
     G = tiles.shape[1]
+    bdt = bias_dtype(q.dtype)
+    pos_t, n_pos = _cached("pos", pos_w, (max_seq_len, bm, bn, bdt),
+                           lambda: pos_tiles(pos_w, max_seq_len, bm, bn, bdt))
+    lut_w = lut_buckets and bdt != torch.float32 and num_time_buckets <= LUT_MAX_BUCKETS
+    lut = _cached("lut", time_w, (num_time_buckets, bdt), lambda: folded_lut(time_w, num_time_buckets, bdt)) \
+        if lut_w else thr
+    tw = time_w if time_w.dtype == bdt else _cached("tw", time_w, (bdt,), lambda: time_w.detach().to(bdt))
     global LAST_COMPILED, LAST_LAUNCH
     LAST_LAUNCH = {"kernel": "seq", "grid": (G, H // hg), "block_m": bm, "block_n": bn, "heads": hg,
                    "num_warps": num_warps or cfg["num_warps"], "num_stages": num_stages or cfg["num_stages"]}
     LAST_COMPILED = _hstu_attn_seq_fwd[(G, H // hg)](
-        q, k, v, out, tiles, ts_s, pos_w, time_w, thr,
-        bucket_lut(min(num_time_buckets, LUT_MAX_BUCKETS), q.device),
+        q, k, v, out, tiles, ts_s, pos_t, tw, thr, lut,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
-        G, max_seq_len, num_time_buckets, 1.0 / float(attn_n), _LOG2_SCALE,
+        G, n_pos, num_time_buckets, 1.0 / float(attn_n), _LOG2_SCALE,
         HG=hg, QK_DIM=qk_dim, V_DIM=v_dim,
         BLOCK_DQ=max(16, triton.next_power_of_2(qk_dim)), BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
         FAST_SILU=(q.dtype != torch.float32 and not _dispatch.interpreting() and fast_silu),
-        LUT_BUCKETS=lut_buckets and num_time_buckets <= LUT_MAX_BUCKETS, LUT_BASE=LUT_BASE,
+        LUT_W=lut_w, W_BF16=(bdt == torch.bfloat16), LUT_BASE=LUT_BASE,
         num_warps=LAST_LAUNCH["num_warps"], num_stages=LAST_LAUNCH["num_stages"],
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )
@@ -834,12 +902,17 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     * Every row a query (``q_offsets`` None; ``kernel="auto"``): ``_hstu_attn_seq_fwd``, one
       program per BLOCK_M-row query tile of ONE sequence x ``heads`` heads (the bias is
       computed once per key tile for them), tiles listed longest first by a tiny on-device
-      table (:func:`_seq_tiles`); only the diagonal key tiles are masked; time buckets through
-      an int32 LUT (:func:`bucket_lut`) when the sequence spans < 2^31 s.  Config:
-      :func:`seq_config` unless given.
+      table (:func:`_seq_tiles`); only the diagonal key tiles are masked.  The position bias
+      comes from precomputed tiles (:func:`pos_tiles`, coalesced loads); with 16-bit inputs
+      the time weight from one gather in a LUT with the weights folded in (:func:`folded_lut`)
+      when the sequence spans < 2^31 s; both tables are kept per ``pos_w`` / ``time_w`` tensor
+      until it changes.  Config: :func:`seq_config` unless given.
     * Queries on the last rows (``q_offsets``), or ``kernel="block"``: ``_hstu_attn_fwd``,
       ceil(Tq / BLOCK_M) programs over the flattened rows (x ``num_splits`` key chunks), each
       doing every head of its rows; a block may span sequences.  Config: :func:`default_config`.
+
+    With 16-bit inputs both kernels take ``pos_w`` and ``time_w`` in the input dtype, as the padded
+    reference does (:func:`bias_dtype`).
 
     ``fast_silu`` (bf16/fp16 only) evaluates the sigmoid with the hardware tanh approximation
     (relative error ~5e-4, below bf16 rounding).  ``lut_buckets=False`` and ``maxnreg`` are for
@@ -878,6 +951,11 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
         return _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, thr, attn_n, num_time_buckets,
                               max_seq_len, block_m, block_n, num_warps, num_stages, heads, fast_silu, lut_buckets,
                               maxnreg)
+    bdt = bias_dtype(q.dtype)    # the same bias tables as the per-sequence kernel's
+    if pos_w.dtype != bdt:
+        pos_w = _cached("pw", pos_w, (bdt,), lambda: pos_w.detach().to(bdt))
+    if time_w.dtype != bdt:
+        time_w = _cached("tw", time_w, (bdt,), lambda: time_w.detach().to(bdt))
     B = offsets.shape[0] - 1
     cfg = default_config(T, H, qk_dim, v_dim, q.dtype, q_rows=Tq, num_seqs=B) if has_q else \
         default_config(T, H, qk_dim, v_dim, q.dtype)

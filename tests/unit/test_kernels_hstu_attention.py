@@ -109,6 +109,65 @@ def test_bucket_lut_is_exact(interp, nb):
     assert torch.equal(ha.lut_time_bucket(dt, nb), ha.time_bucket(dt, nb))
 
 
+
+@pytest.mark.parametrize("bm,bn,P", [(16, 16, 40), (64, 16, 8), (64, 32, 100), (32, 32, 1)])
+def test_pos_tiles_cover_every_tile(interp, bm, bn, P):
+    ha = interp
+    pos_w = torch.randn(P, dtype=torch.float64)
+    tiles, n = ha.pos_tiles(pos_w, P, bm, bn, torch.float64)
+    i = torch.arange(bm)[:, None]
+    j = torch.arange(bn)[None, :]
+    for q0 in range(0, 3 * P + 2 * bm, bm):            # query tiles beyond the table too (clamped)
+        for j0 in range(0, q0 + bm, bn):               # every key tile up to the diagonal
+            d = min((q0 - j0 + bm - bn) // bn, n - 1)
+            rel = q0 + i - (j0 + j)
+            want = pos_w[rel.clamp(0, P - 1)]
+            got = tiles[d * bm:(d + 1) * bm]
+            assert torch.equal(got[rel >= 0], want[rel >= 0]), (q0, j0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("nb", [64, 8, 100])
+def test_folded_lut_gives_the_time_weight(interp, dtype, nb):
+    ha = interp
+    # the kernel's decode of one folded-LUT entry, on the values of test_bucket_lut_is_exact
+    thr = ha.bucket_thresholds(nb, "cpu")[1:nb]
+    edges = thr[torch.isfinite(thr) & (thr < 2**31 - 2)].to(torch.int64)
+    dt = torch.cat([torch.arange(-(1 << 16), 1 << 16), edges - 1, edges, edges + 1, torch.tensor([2**31 - 1]),
+                    torch.randint(-(2**31 - 1), 2**31 - 1, (50_000,), generator=torch.Generator().manual_seed(nb))])
+    time_w = torch.randn(nb)
+    lut = ha.folded_lut(time_w, nb, dtype)
+    xb = dt.abs().clamp(min=1).to(torch.float32).view(torch.int32).long()
+    e = lut[(xb >> ha.LUT_SHIFT) - ha.LUT_BASE]
+    up = (xb & ha.LUT_LOW) > (e & 0xFFFFFFFF)
+    bits = torch.where(up, (e >> 48) & 0xFFFF, (e >> 32) & 0xFFFF)
+    got = bits.to(torch.int16).view(dtype)
+    assert torch.equal(got, time_w.to(dtype)[ha.time_bucket(dt, nb)])
+
+
+def test_16bit_bias_tables_and_their_cache(interp):
+    ha = interp
+    # q = 0: the scores are the bias alone, so a wrong weight shows.  Sequence 2 spans > 2^31 s
+    # (the log path), the others take the folded LUT
+    lengths = torch.tensor([9, 30, 12])
+    a = kt.random_jagged_attention_inputs(3, 30, 2, 16, 16, dtype=torch.float16, lengths=lengths, seed=5,
+                                          max_seq_len=20)
+    a["q"] = torch.zeros_like(a["q"])
+    a["ts_s"][39:] = torch.arange(12) * 2**29
+    def ref16():     # the fp64 reference with the tables rounded to the input dtype, as the kernel takes them
+        return _ref64(dict(a, pos_w=a["pos_w"].half().float(), time_w=a["time_w"].half().float()), ha)
+    plain = ha.hstu_attention_triton(**a)
+    assert kt.rel_err(plain, ref16()) < 2e-3
+    # the token-block kernel (q_offsets) takes the same 16-bit tables
+    assert kt.rel_err(ha.hstu_attention_triton(**a, q_offsets=a["offsets"].clone()), plain.double()) < 1e-5
+    # the derived tables follow in-place updates of the weights (an optimizer step)
+    with torch.no_grad():
+        a["pos_w"].mul_(-2.0)
+        a["time_w"].add_(1.0)
+    assert kt.rel_err(ha.hstu_attention_triton(**a), ref16()) < 2e-3
+    a32 = dict(a, q=a["q"].float(), k=a["k"].float(), v=a["v"].float())
+    assert kt.rel_err(ha.hstu_attention_triton(**a32), _ref64(a32, ha)) < 1e-5
+
 def test_dispatcher_paths(interp, monkeypatch):
     ha = interp
     a = kt.random_jagged_attention_inputs(3, 12, 2, 8, 8, seed=5)
@@ -308,3 +367,19 @@ def test_q_offsets_matches_pipeline_reference(interp):
     theirs = hstu.hstu_attention_reference(*args9, q_offsets=qo)
     assert kt.rel_err(ha.hstu_attention_reference(*args9, q_offsets=qo), theirs) < 1e-6
     assert kt.rel_err(ha.hstu_attention(*args9, q_offsets=qo), theirs) < 1e-5
+
+
+def test_tma_experiment_matches_the_op(interp):
+    """bench/attention_tma_experiment.py (where the attention time goes, docs/perf.md) computes the
+    op: the same output as the production kernel, for every head grouping."""
+    import importlib.util
+    import pathlib
+    ha = interp
+    path = pathlib.Path(__file__).parents[2] / "bench" / "attention_tma_experiment.py"
+    spec = importlib.util.spec_from_file_location("attention_tma_experiment", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    a = kt.random_jagged_attention_inputs(4, 70, 4, 16, 16, dtype=torch.float16, seed=3, scale=0.5)
+    want = ha.hstu_attention_triton(**a).double()
+    for hg in (1, 2, 4):
+        assert kt.rel_err(ex.attention_tma(**a, bm=32, bn=16, ns=1, hg=hg), want) < 1e-6, hg
