@@ -226,8 +226,8 @@ def main():
             row["configs"].append(r)
             pad = row["padded_ms"]
             print(f"  TMA {cfg}: no bias {r['no_bias_ms']*1e3:.1f} us (x{pad/r['no_bias_ms']:.1f}), position only "
-                  f"{r['position_only_ms']*1e3:.1f}, full {r['full_bias_ms']*1e3:.1f} us (x{pad/r['full_bias_ms']:.1f}); "
-                  f"rel. diff vs production {r['rel_diff_vs_production']:.1e}", flush=True)
+                  f"{r['position_only_ms']*1e3:.1f}, full {r['full_bias_ms']*1e3:.1f} us "
+                  f"(x{pad/r['full_bias_ms']:.1f}); rel. diff vs production {r['rel_diff_vs_production']:.1e}", flush=True)
         rows.append(row)
     path = os.path.join(args.out, f"attention_tma_{card.replace(' ', '_')}.json")
     with open(path, "w") as f:

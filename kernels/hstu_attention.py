@@ -294,10 +294,9 @@ def bucket_lut(num_time_buckets: int, device) -> torch.Tensor:
     return lut
 
 
-
 def bias_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The per-sequence kernel's bias tables are float32 for float32 inputs and in the input dtype
-    for 16-bit inputs (as in the padded reference, which casts the tables to the input dtype)."""
+    """The kernels take the bias tables in float32 for float32 inputs and in the input dtype for
+    16-bit inputs (as the padded reference does: it casts the tables to the input dtype)."""
     return torch.float32 if dtype == torch.float32 else dtype
 
 
