@@ -2,7 +2,7 @@
 position-bias tiles loaded by TMA (host tensor descriptors), and switches that drop the time bias
 or the whole bias, to see where the time of the production kernel goes.  Timed against the
 production kernel (kernels/hstu_attention.py, default config) and the padded reference at the
-issue-6 shapes, in one run.  docs/perf.md ("Runs 12-17") has what it showed.
+issue-6 shapes, in one run.  docs/perf.md ("Runs 12–14 and explorations A–F") has what it showed.
 
     python3 bench/attention_tma_experiment.py --out DIR     # on a Hopper GPU (TMA); Triton >= 3.4
 
@@ -23,35 +23,24 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from kernels import hstu_attention as ha                                    # noqa: E402
-from kernels.hstu_attention import _store_o, _tanh_half, _time_bucket_tl     # noqa: E402
+from kernels.hstu_attention import (_folded_time_weight, _silu_pv, _store_heads,  # noqa: E402
+                                     _time_bucket_tl)
 from kernels.testing import random_jagged_attention_inputs, rel_err         # noqa: E402
 
 
 @triton.jit
-def _ld3(desc, row, h, BR: tl.constexpr, BD: tl.constexpr):
+def _ld3(desc, row, h, BD: tl.constexpr):
     return desc.load([row, h * BD])
 
 
 @triton.jit
-def _head3(acc, q, Kd, Vd, krow, h, bias, vis, k_ok, inv_n, BLOCK_N: tl.constexpr, BLOCK_DQ: tl.constexpr,
-           BLOCK_DV: tl.constexpr, DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
-    kb = _ld3(Kd, krow, h, BLOCK_N, BLOCK_DQ)
-    vb = _ld3(Vd, krow, h, BLOCK_N, BLOCK_DV)
-    if IEEE:
-        s = tl.dot(q, tl.trans(kb), input_precision="ieee")
-    else:
-        s = tl.dot(q, tl.trans(kb))
-    s = s + bias
-    if FAST_SILU:
-        a = s * (_tanh_half(s) * (0.5 * inv_n) + 0.5 * inv_n)
-    else:
-        a = s * tl.sigmoid(s) * inv_n
-    if DIAG:
-        a = tl.where(vis, a, 0.0)
+def _head3(acc, q, Kd, Vd, krow, h, bias, vis, k_ok, inv_n, BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr,
+           DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
+    kb = _ld3(Kd, krow, h, BLOCK_DQ)
+    vb = _ld3(Vd, krow, h, BLOCK_DV)
+    if DIAG:   # the tile runs past the sequence: other users' rows, zeroed (a NaN there must not leak)
         vb = tl.where(k_ok[:, None], vb, 0.0)
-    if IEEE:
-        return tl.dot(a, vb, acc, input_precision="ieee")
-    return tl.dot(a.to(vb.dtype), vb, acc)
+    return _silu_pv(acc, q, kb, vb, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
 
 
 @triton.jit
@@ -75,34 +64,23 @@ def _tile3(acc0, acc1, acc2, acc3, q0_, q1_, q2_, q3_, Kd, Vd, TS, PosTd, Lut64,
     elif IEEE:
         bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
         bias += tl.load(TimeW + bkt).to(tl.float32)
+    elif safe != 0:
+        bias += _folded_time_weight(ts_q, ts_k, Lut64, W_BF16, LUT_BASE)
     else:
-        if safe != 0:
-            x = tl.maximum(tl.abs(ts_q.to(tl.int32)[:, None] - ts_k.to(tl.int32)[None, :]), 1)
-            xb = x.to(tl.float32).to(tl.int32, bitcast=True)
-            e = tl.load(Lut64 + ((xb >> 21) - LUT_BASE))
-            up = (xb & 2097151) > e.to(tl.int32)
-            hi = (e >> 32).to(tl.int32)
-            if W_BF16:
-                w = tl.where(up, hi & -65536, hi << 16).to(tl.float32, bitcast=True)
-            else:
-                w = tl.where(up, (hi >> 16) & 65535, hi & 65535).to(tl.int16)
-                w = w.to(tl.float16, bitcast=True).to(tl.float32)
-            bias += w
-        else:
-            bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
-            bias += tl.load(TimeW + bkt).to(tl.float32)
+        bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
+        bias += tl.load(TimeW + bkt).to(tl.float32)
     vis = qpos[:, None] >= kpos[None, :]
     krow = s + j0
-    acc0 = _head3(acc0, q0_, Kd, Vd, krow, h0, bias, vis, k_ok, inv_n, BLOCK_N, BLOCK_DQ, BLOCK_DV, DIAG,
+    acc0 = _head3(acc0, q0_, Kd, Vd, krow, h0, bias, vis, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
                   IEEE, FAST_SILU)
     if HG > 1:
-        acc1 = _head3(acc1, q1_, Kd, Vd, krow, h0 + 1, bias, vis, k_ok, inv_n, BLOCK_N, BLOCK_DQ, BLOCK_DV, DIAG,
+        acc1 = _head3(acc1, q1_, Kd, Vd, krow, h0 + 1, bias, vis, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
                       IEEE, FAST_SILU)
     if HG > 2:
-        acc2 = _head3(acc2, q2_, Kd, Vd, krow, h0 + 2, bias, vis, k_ok, inv_n, BLOCK_N, BLOCK_DQ, BLOCK_DV, DIAG,
+        acc2 = _head3(acc2, q2_, Kd, Vd, krow, h0 + 2, bias, vis, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
                       IEEE, FAST_SILU)
     if HG > 3:
-        acc3 = _head3(acc3, q3_, Kd, Vd, krow, h0 + 3, bias, vis, k_ok, inv_n, BLOCK_N, BLOCK_DQ, BLOCK_DV, DIAG,
+        acc3 = _head3(acc3, q3_, Kd, Vd, krow, h0 + 3, bias, vis, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
                       IEEE, FAST_SILU)
     return acc0, acc1, acc2, acc3
 
@@ -127,16 +105,16 @@ def _hstu_attn_seq3(
         q_ok = qpos < L
         qrow = s + tl.minimum(qpos, L - 1)
         ts_q = tl.load(TS + qrow)
-        q_0 = _ld3(Qd, s + q0, h0, BLOCK_M, BLOCK_DQ)
+        q_0 = _ld3(Qd, s + q0, h0, BLOCK_DQ)
         q_1 = q_0
         q_2 = q_0
         q_3 = q_0
         if HG > 1:
-            q_1 = _ld3(Qd, s + q0, h0 + 1, BLOCK_M, BLOCK_DQ)
+            q_1 = _ld3(Qd, s + q0, h0 + 1, BLOCK_DQ)
         if HG > 2:
-            q_2 = _ld3(Qd, s + q0, h0 + 2, BLOCK_M, BLOCK_DQ)
+            q_2 = _ld3(Qd, s + q0, h0 + 2, BLOCK_DQ)
         if HG > 3:
-            q_3 = _ld3(Qd, s + q0, h0 + 3, BLOCK_M, BLOCK_DQ)
+            q_3 = _ld3(Qd, s + q0, h0 + 3, BLOCK_DQ)
         acc0 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         acc1 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
@@ -151,15 +129,8 @@ def _hstu_attn_seq3(
                 acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, Kd, Vd, TS, PosTd, Lut64, TimeW, Thr, s, L, q0, qpos,
                 ts_q, safe, j0, h0, n_pos_tiles, num_tb, inv_n, log2_scale, HG, BLOCK_M, BLOCK_N, BLOCK_DQ,
                 BLOCK_DV, True, IEEE, FAST_SILU, W_BF16, LUT_BASE, BIAS)
-        dv = tl.arange(0, BLOCK_DV)
-        orow = qrow.to(tl.int64) * stride_ot
-        _store_o(Out, orow, q_ok, h0, stride_oh, dv, acc0, V_DIM)
-        if HG > 1:
-            _store_o(Out, orow, q_ok, h0 + 1, stride_oh, dv, acc1, V_DIM)
-        if HG > 2:
-            _store_o(Out, orow, q_ok, h0 + 2, stride_oh, dv, acc2, V_DIM)
-        if HG > 3:
-            _store_o(Out, orow, q_ok, h0 + 3, stride_oh, dv, acc3, V_DIM)
+        _store_heads(Out, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, tl.arange(0, BLOCK_DV),
+                     acc0, acc1, acc2, acc3, HG, V_DIM)
 
 
 def attention_tma(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_buckets, max_seq_len,
@@ -171,9 +142,9 @@ def attention_tma(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_bucket
     # the weight-derived tables are kept per weight tensor, as the production kernel keeps them
     pt, nd = ha._cached("pos", pos_w, (max_seq_len, bm, bn, bdt),
                         lambda: ha.pos_tiles(pos_w, max_seq_len, bm, bn, bdt))
+    thr = ha.bucket_thresholds(num_time_buckets, q.device)
     lut = ha._cached("lut", time_w, (num_time_buckets, bdt), lambda: ha.folded_lut(time_w, num_time_buckets, bdt)) \
-        if bdt != torch.float32 else ha.bucket_thresholds(num_time_buckets, q.device)
-    tw = ha._cached("tw", time_w, (bdt,), lambda: time_w.detach().to(bdt))
+        if bdt != torch.float32 else thr
     tiles = ha._seq_tiles(offsets, ts_s, T, bm)
     G = tiles.shape[1]
     out = torch.empty(T, H, DV, dtype=v.dtype, device=v.device)
@@ -182,7 +153,7 @@ def attention_tma(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_bucket
     vd = TensorDescriptor(v, [T, H * DV], [v.stride(0), 1], [bn, DV])
     pd = TensorDescriptor(pt, list(pt.shape), [pt.stride(0), 1], [bm, bn])
     _hstu_attn_seq3[(G, H // hg)](
-        qd, kd, vd, out, tiles, ts_s, pd, lut, tw, ha.bucket_thresholds(num_time_buckets, q.device),
+        qd, kd, vd, out, tiles, ts_s, pd, lut, ha._bias_table(time_w, q.dtype), thr,
         out.stride(0), out.stride(1), G, nd, num_time_buckets, 1.0 / attn_n, ha._LOG2_SCALE,
         HG=hg, V_DIM=DV, BLOCK_DQ=D, BLOCK_DV=DV, BLOCK_M=bm, BLOCK_N=bn, IEEE=q.dtype == torch.float32,
         FAST_SILU=q.dtype != torch.float32 and not ha._dispatch.interpreting(), W_BF16=q.dtype == torch.bfloat16,
@@ -227,7 +198,8 @@ def main():
             pad = row["padded_ms"]
             print(f"  TMA {cfg}: no bias {r['no_bias_ms']*1e3:.1f} us (x{pad/r['no_bias_ms']:.1f}), position only "
                   f"{r['position_only_ms']*1e3:.1f}, full {r['full_bias_ms']*1e3:.1f} us "
-                  f"(x{pad/r['full_bias_ms']:.1f}); rel. diff vs production {r['rel_diff_vs_production']:.1e}", flush=True)
+                  f"(x{pad/r['full_bias_ms']:.1f}); rel. diff vs production {r['rel_diff_vs_production']:.1e}",
+                  flush=True)
         rows.append(row)
     path = os.path.join(args.out, f"attention_tma_{card.replace(' ', '_')}.json")
     with open(path, "w") as f:

@@ -347,6 +347,12 @@ def _cached(kind: str, src: torch.Tensor, key: tuple, build):
     return val
 
 
+def _bias_table(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``w`` in :func:`bias_dtype` (``dtype``), the cast kept per weight tensor (:func:`_cached`)."""
+    bdt = bias_dtype(dtype)
+    return w if w.dtype == bdt else _cached("cast", w, (bdt,), lambda: w.detach().to(bdt))
+
+
 _THR_CACHE: dict = {}
 LAST_COMPILED = None  # diagnostics: the last launched compiled kernel (n_regs, n_spills)
 LAST_LAUNCH: dict = {}  # diagnostics: grid, key splits and block sizes of the last launch
@@ -597,6 +603,11 @@ if _HAVE_TRITON:
         else:
             kb = tl.load(kp, mask=dq[None, :] < QK_DIM, other=0.0)
             vb = tl.load(vp, mask=dv[None, :] < V_DIM, other=0.0)
+        return _silu_pv(acc, q, kb, vb, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
+
+    @triton.jit
+    def _silu_pv(acc, q, kb, vb, bias, vis, inv_n, DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
+        """acc += (SiLU(q kb^T + bias) / n [masked by ``vis`` on a diagonal tile]) @ vb."""
         if IEEE:
             s = tl.dot(q, tl.trans(kb), input_precision="ieee")
         else:
@@ -611,6 +622,34 @@ if _HAVE_TRITON:
         if IEEE:
             return tl.dot(a, vb, acc, input_precision="ieee")
         return tl.dot(a.to(vb.dtype), vb, acc)
+
+    @triton.jit
+    def _folded_time_weight(ts_q, ts_k, Lut, W_BF16: tl.constexpr, LUT_BASE: tl.constexpr):
+        """time_w[bucket(ts_q - ts_k)] as a float32 (len(ts_q), len(ts_k)) tile from the folded LUT,
+        for a sequence whose time span is < 2^31 s (the low words' difference is exact): the LUT
+        cell of float32(|dt|)'s bits holds the cell's threshold and the two weights around it
+        (folded_lut): one gather, one compare."""
+        x = tl.maximum(tl.abs(ts_q.to(tl.int32)[:, None] - ts_k.to(tl.int32)[None, :]), 1)
+        xb = x.to(tl.float32).to(tl.int32, bitcast=True)
+        e = tl.load(Lut + ((xb >> 21) - LUT_BASE))
+        up = (xb & 2097151) > e.to(tl.int32)
+        hi = (e >> 32).to(tl.int32)
+        if W_BF16:
+            return tl.where(up, hi & -65536, hi << 16).to(tl.float32, bitcast=True)
+        w = tl.where(up, hi >> 16, hi) & 65535
+        return w.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+    @triton.jit
+    def _store_heads(Out, orow64, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, HG: tl.constexpr,
+                     V_DIM: tl.constexpr):
+        """Store the accumulators of heads h0 .. h0 + HG - 1."""
+        _store_o(Out, orow64, q_ok, h0, stride_oh, dv, acc0, V_DIM)
+        if HG > 1:
+            _store_o(Out, orow64, q_ok, h0 + 1, stride_oh, dv, acc1, V_DIM)
+        if HG > 2:
+            _store_o(Out, orow64, q_ok, h0 + 2, stride_oh, dv, acc2, V_DIM)
+        if HG > 3:
+            _store_o(Out, orow64, q_ok, h0 + 3, stride_oh, dv, acc3, V_DIM)
 
     @triton.jit
     def _seq_tile(acc0, acc1, acc2, acc3, q0, q1, q2, q3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
@@ -629,20 +668,8 @@ if _HAVE_TRITON:
         # position bias: the precomputed tile of this q0 - j0 (pos_tiles), one coalesced load
         d = tl.minimum((tq0 - j0 + BLOCK_M - BLOCK_N) // BLOCK_N, n_pos_tiles - 1)
         bias = tl.load(PosT + d * (BLOCK_M * BLOCK_N) + tile_offs).to(tl.float32)
-        if LUT_W and safe != 0:
-            # every |dt| of the sequence is < 2^31 (``safe``, from the tile table): the low words'
-            # difference is exact; the LUT cell of float32(|dt|)'s bits holds the cell's threshold
-            # and the two weights around it (folded_lut): one gather, one compare
-            x = tl.maximum(tl.abs(ts_q.to(tl.int32)[:, None] - ts_k.to(tl.int32)[None, :]), 1)
-            xb = x.to(tl.float32).to(tl.int32, bitcast=True)
-            e = tl.load(Lut + ((xb >> 21) - LUT_BASE))
-            up = (xb & 2097151) > e.to(tl.int32)
-            hi = (e >> 32).to(tl.int32)
-            if W_BF16:
-                bias += tl.where(up, hi & -65536, hi << 16).to(tl.float32, bitcast=True)
-            else:
-                w = tl.where(up, hi >> 16, hi) & 65535
-                bias += w.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        if LUT_W and safe != 0:     # every |dt| of the sequence is < 2^31 (``safe``, from the tile table)
+            bias += _folded_time_weight(ts_q, ts_k, Lut, W_BF16, LUT_BASE)
         else:
             bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
             bias += tl.load(TimeW + bkt).to(tl.float32)
@@ -729,14 +756,7 @@ if _HAVE_TRITON:
                 safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
                 inv_n, log2_scale, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, True, IEEE, FAST_SILU, LUT_W, W_BF16,
                 LUT_BASE)
-        orow = qrow.to(tl.int64) * stride_ot
-        _store_o(Out, orow, q_ok, h0, stride_oh, dv, acc0, V_DIM)
-        if HG > 1:
-            _store_o(Out, orow, q_ok, h0 + 1, stride_oh, dv, acc1, V_DIM)
-        if HG > 2:
-            _store_o(Out, orow, q_ok, h0 + 2, stride_oh, dv, acc2, V_DIM)
-        if HG > 3:
-            _store_o(Out, orow, q_ok, h0 + 3, stride_oh, dv, acc3, V_DIM)
+        _store_heads(Out, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, HG, V_DIM)
 
 
 def lut_time_bucket(dt: torch.Tensor, num_time_buckets: int) -> torch.Tensor:
@@ -826,10 +846,11 @@ def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int) 
     return tiles
 
 
-def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, thr, attn_n, num_time_buckets, max_seq_len,
+def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, num_time_buckets, max_seq_len,
                    block_m=None, block_n=None, num_warps=None, num_stages=None, heads=None, fast_silu=True,
                    lut_buckets=True, maxnreg=None):
-    """Launch the per-sequence kernel (every row a query)."""
+    """Launch the per-sequence kernel (every row a query).  ``tw`` = ``time_w`` in the bias dtype;
+    the derived tables are kept per ``pos_w`` / ``time_w`` (the caller's tensors)."""
     T, H, qk_dim = q.shape
     v_dim = v.shape[-1]
     cfg = seq_config(H, qk_dim, v_dim, q.dtype)
@@ -841,13 +862,12 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, thr, attn_n, num_
         raise ValueError(f"{T} rows: the per-sequence kernel indexes rows in int32")
     tiles = _seq_tiles(offsets, ts_s, T, bm)
     G = tiles.shape[1]
-    bdt = bias_dtype(q.dtype)
+    bdt = tw.dtype
     pos_t, n_pos = _cached("pos", pos_w, (max_seq_len, bm, bn, bdt),
                            lambda: pos_tiles(pos_w, max_seq_len, bm, bn, bdt))
     lut_w = lut_buckets and bdt != torch.float32 and num_time_buckets <= LUT_MAX_BUCKETS
     lut = _cached("lut", time_w, (num_time_buckets, bdt), lambda: folded_lut(time_w, num_time_buckets, bdt)) \
         if lut_w else thr
-    tw = time_w if time_w.dtype == bdt else _cached("tw", time_w, (bdt,), lambda: time_w.detach().to(bdt))
     global LAST_COMPILED, LAST_LAUNCH
     LAST_LAUNCH = {"kernel": "seq", "grid": (G, H // hg), "block_m": bm, "block_n": bn, "heads": hg,
                    "num_warps": num_warps or cfg["num_warps"], "num_stages": num_stages or cfg["num_stages"]}
@@ -945,16 +965,12 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     ts_s = ts_s.to(torch.int64).contiguous()
     pos_w = pos_w.contiguous()
     time_w = time_w.contiguous()
+    tw = _bias_table(time_w, q.dtype)
     thr = bucket_thresholds(num_time_buckets, q.device)
     if not has_q and kernel in ("auto", "seq"):
-        return _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, thr, attn_n, num_time_buckets,
+        return _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, num_time_buckets,
                               max_seq_len, block_m, block_n, num_warps, num_stages, heads, fast_silu, lut_buckets,
                               maxnreg)
-    bdt = bias_dtype(q.dtype)    # the same bias tables as the per-sequence kernel's
-    if pos_w.dtype != bdt:
-        pos_w = _cached("pw", pos_w, (bdt,), lambda: pos_w.detach().to(bdt))
-    if time_w.dtype != bdt:
-        time_w = _cached("tw", time_w, (bdt,), lambda: time_w.detach().to(bdt))
     B = offsets.shape[0] - 1
     cfg = default_config(T, H, qk_dim, v_dim, q.dtype, q_rows=Tq, num_seqs=B) if has_q else \
         default_config(T, H, qk_dim, v_dim, q.dtype)
@@ -976,7 +992,7 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     global LAST_COMPILED, LAST_LAUNCH
     LAST_LAUNCH = {"grid": grid, "splits": splits, "block_m": bm, "block_n": bn, "num_warps": nw, "num_stages": ns}
     LAST_COMPILED = _hstu_attn_fwd[grid](
-        q, k, v, dst, offsets, q_offs, ts_s, pos_w, time_w, thr,
+        q, k, v, dst, offsets, q_offs, ts_s, _bias_table(pos_w, q.dtype), tw, thr,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         dst.stride(-3), dst.stride(-2), dst.stride(0) if splits > 1 else 0,
         T, Tq, n_search, max(1, int(n_search).bit_length()), max_seq_len, num_time_buckets,
