@@ -33,6 +33,30 @@ def test_hstu_attention_gpu(dtype, B, max_len, H, qk, vd):
     assert err < TOL[dtype], err
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                    reason="the Gluon experiment is written for Hopper (wgmma)")
+@pytest.mark.parametrize("B,max_len,H,cfg,ws", [(16, 1024, 4, (64, 16, 2, 3), False), (64, 128, 2, (64, 16, 2, 2), False),
+                                                (32, 300, 4, (64, 16, 4, 3), False), (40, 77, 2, (64, 32, 1, 3), False),
+                                                (16, 1024, 4, (64, 16, 2, 3), True), (40, 77, 2, (64, 32, 1, 3), True)])
+def test_gluon_experiment_matches_the_op_gpu(B, max_len, H, cfg, ws):
+    """bench/attention_gluon_experiment.py computes what the op computes (same tables, same SiLU)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.attention_gluon_experiment import attention_gluon
+    from kernels import hstu_attention as ha
+    from kernels.testing import random_jagged_attention_inputs, rel_err
+    a = random_jagged_attention_inputs(B, max_len, H, 64, 64, dtype=torch.bfloat16, device="cuda", seed=B + H,
+                                       scale=0.5)
+    bm, bn, hg, st = cfg
+    out = attention_gluon(**a, block_m=bm, block_n=bn, heads=hg, stages=st, ws=ws)
+    assert rel_err(out, ha.hstu_attention_triton(**a)) < 2e-3
+    ref = ha.hstu_attention_reference(
+        a["q"].double(), a["k"].double(), a["v"].double(), a["offsets"], a["ts_s"],
+        a["pos_w"].double(), a["time_w"].double(), a["attn_n"], a["num_time_buckets"], a["max_seq_len"])
+    assert rel_err(out, ref) < TOL[torch.bfloat16]
+
+
 def _decode_case(B, max_len, H, qk, vd, dtype, lq, seed, fixed_len=False):
     """Key sequences (lengths 1..max_len, or all max_len) and Lq_b queries on their last rows
     (Lq_b = min(lq, Lk_b), or uniform in 0..Lk_b when lq is None)."""
