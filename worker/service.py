@@ -105,8 +105,8 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        """/readyz: running, the last batch succeeded, and Redis answers (probed every 2 s, so an idle
-        worker reports a Redis outage too)."""
+        """/readyz: running, no batch failing (the last one succeeded, or went to another worker in a
+        rebalance), and Redis answers (probed every 2 s, so an idle worker reports a Redis outage too)."""
         return self.alive and self._batch_ok and self._redis_ok
 
     def _set_batch_ok(self, ok: bool) -> None:
@@ -258,10 +258,12 @@ class Worker:
                 log.warning("transactional producer fenced: another worker owns this partition now",
                             extra={"partition": f"{txn_tp[0]}:{txn_tp[1]}" if txn_tp else None, "error": str(e)})
                 await self._drop_txn_producer(txn_tp)
+                self._set_batch_ok(True)     # the batch is the new owner's now: nothing is failing here
                 return
             except CommitFailedError as e:
                 log.warning("commit failed after a rebalance; the partitions' new owner reprocesses the batch",
                             extra={"error": str(e)})
+                self._set_batch_ok(True)
                 return
             except TRANSIENT as e:
                 attempt += 1
@@ -270,6 +272,9 @@ class Worker:
                 if self._revoking or (self._stopping.is_set() and attempt > 3):
                     log.warning("abandoning a failed batch uncommitted (it will be redelivered)",
                                 extra={"error": repr(e), "events": len(records)})
+                    # handed to the partition's next owner: without this an idle worker stays not-ready
+                    # until its next batch (a persisting outage still shows: Redis is probed on its own)
+                    self._set_batch_ok(self._revoking)
                     return
                 delay = min(self.s.retry_backoff_max_s, 0.1 * 2 ** attempt)
                 log.warning("batch failed, retrying", extra={"error": repr(e), "attempt": attempt, "delay_s": delay})
