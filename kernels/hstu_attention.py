@@ -663,8 +663,8 @@ if _HAVE_TRITON:
         return ts_k, tl.load(PosT + d * (BLOCK_M * BLOCK_N) + tile_offs)
 
     @triton.jit
-    def _seq_tile(acc0, acc1, acc2, acc3, q0, q1, q2, q3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
-                  safe, j0, tq0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
+    def _seq_tile(acc0, acc1, acc2, acc3, q0, q1, q2, q3, K, V, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                  safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, num_tb,
                   inv_n, log2_scale, ts_k, pos_b, HG: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr, IEEE: tl.constexpr,
                   FAST_SILU: tl.constexpr, LUT_W: tl.constexpr, W_BF16: tl.constexpr, LUT_BASE: tl.constexpr):
@@ -758,8 +758,8 @@ if _HAVE_TRITON:
             ts_n, pos_n = _tile_bias_loads(TS, PosT, s, L, j0 + BLOCK_N, q0, tile_offs, n_pos_tiles, BLOCK_M,
                                            BLOCK_N)
             acc0, acc1, acc2, acc3 = _seq_tile(
-                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
-                safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
+                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, False, IEEE, FAST_SILU, LUT_W,
                 W_BF16, LUT_BASE)
             ts_k = ts_n
@@ -768,8 +768,8 @@ if _HAVE_TRITON:
             ts_n, pos_n = _tile_bias_loads(TS, PosT, s, L, j0 + BLOCK_N, q0, tile_offs, n_pos_tiles, BLOCK_M,
                                            BLOCK_N)
             acc0, acc1, acc2, acc3 = _seq_tile(
-                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
-                safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
+                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, True, IEEE, FAST_SILU, LUT_W,
                 W_BF16, LUT_BASE)
             ts_k = ts_n
