@@ -49,6 +49,7 @@ def _batches(cfg):
 
 
 def _check(bundle, enc, tol):
+    """Worst absolute difference of ``enc`` (CUDA) against the bundle's PyTorch encoder on the CPU."""
     worst = 0.0
     for batch in _batches(bundle.config):
         with torch.inference_mode():
@@ -99,9 +100,20 @@ def test_auto_prefers_tensorrt_on_gpu(bundle):
 
 
 @needs_cuda
-def test_torch_cuda_backend_matches_cpu(bundle):
+def test_torch_cuda_backend_matches_cpu(bundle, monkeypatch):
+    """The CUDA path (Triton/CUTLASS kernels) equals the same PyTorch code on the same card (kernels off)
+    to fp32 rounding. Against the CPU the difference is larger on the 700-user batch (2.3e-4 on an
+    H200, the same with the kernels off): the time bucket is floor(log(dt) / 0.301) in float32, and
+    CPU and CUDA ``log`` round differently at a few dt values, so a pair can fall one bucket apart."""
     enc = build_encoder(bundle, "torch", "cuda")
-    _check(bundle, enc, 1e-4)
+    cuda_ref = load_model_dir(bundle.path, device="cuda")
+    with monkeypatch.context() as mp, torch.inference_mode():
+        mp.setenv("STREAMREC_KERNELS", "reference")
+        same_card = [cuda_ref.encoder(*(t.cuda() for t in b)).cpu() for b in _batches(bundle.config)]
+    worst = max((enc(*(t.cuda() for t in b)).cpu() - r).abs().max().item()
+                for b, r in zip(_batches(bundle.config), same_card))
+    assert worst <= 1e-5, worst
+    _check(bundle, enc, 1e-3)
 
 
 @needs_cuda
