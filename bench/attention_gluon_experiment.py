@@ -17,7 +17,7 @@ a shared-memory ring (mbarrier hand-over) while the first runs the MMAs and the 
 Run on a Hopper GPU:  python bench/attention_gluon_experiment.py [--out DIR]
 It checks the output against the op and times both against the padded reference (CUDA graphs),
 each config with the full bias, the position bias only and no bias.  Results: docs/perf.md,
-"Runs 15-18" (single warpgroup: 7-9 % faster than the op at N=1024, slower at N <= 256; the
+"Runs 15-19" (single warpgroup: 7-9 % faster than the op at N=1024, slower at N <= 256; the
 warp-specialised variant slower everywhere).
 """
 
