@@ -13,12 +13,14 @@ inputs, folded time LUT, position tiles), but with what Triton does not let us c
 
 ``ws=True`` is a warp-specialised variant: a second warpgroup computes each key tile's bias into
 a shared-memory ring (mbarrier hand-over) while the first runs the MMAs and the SiLU.
+``warpgroups=2`` runs two warpgroups that split every tile by columns, so that 4 heads share one
+bias computation per pair without 4 full accumulators per thread.
 
 Run on a Hopper GPU:  python bench/attention_gluon_experiment.py [--out DIR]
 It checks the output against the op and times both against the padded reference (CUDA graphs),
 each config with the full bias, the position bias only and no bias.  Results: docs/perf.md,
-"Runs 15-19" (single warpgroup: 7-9 % faster than the op at N=1024, slower at N <= 256; the
-warp-specialised variant slower everywhere).
+"Runs 15-20" (single warpgroup: 7-9 % faster than the op at N=1024, slower at N <= 256; the
+warp-specialised and two-warpgroup variants slower everywhere).
 """
 
 from __future__ import annotations
@@ -246,11 +248,15 @@ def _attn_gluon(Q, K, V, Out, Tiles, TS, PosT, Lut,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                 n_grid, n_pos_tiles, inv_n,
                 HG: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                LUT_BASE: gl.constexpr, POS: gl.constexpr, TIME: gl.constexpr):
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+                LUT_BASE: gl.constexpr, POS: gl.constexpr, TIME: gl.constexpr, WG: gl.constexpr):
+    # WG warpgroups split every tile by columns: S (and the bias, computed once per pair) by keys,
+    # O by output dims; P goes to the PV operand layout through shared memory when WG > 1
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WG],
+                                                       instr_shape=[16, BN // WG, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WG],
+                                                       instr_shape=[16, D // WG, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    ld_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    ld_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4 * WG, 1], [1, 0])
     q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BM, D], gl.bfloat16)
     kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, D], gl.bfloat16)
 
@@ -403,7 +409,7 @@ def _attn_gluon_ws(Q, K, V, Out, Tiles, TS, PosT, Lut,
 
 def attention_gluon(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_buckets, max_seq_len=None, *,
                     block_m=64, block_n=16, heads=2, stages=3, pos=True, time=True, num_warps=4, check=True,
-                    ws=False, bias_stages=2, producer_regs=88, maxnreg=None):
+                    ws=False, bias_stages=2, producer_regs=88, maxnreg=None, warpgroups=1):
     """The op's per-sequence path (bf16, head dim 64, every sequence spanning < 2^31 s) in Gluon."""
     T, H, d = q.shape
     assert q.dtype == torch.bfloat16 and d == 64 and v.shape[-1] == 64 and H % heads == 0 and heads in (1, 2, 4)
@@ -419,7 +425,7 @@ def attention_gluon(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_buck
     out = torch.empty(T, H, 64, dtype=v.dtype, device=v.device)
     G = tiles.shape[1]
     if ws:
-        assert heads <= 2
+        assert heads <= 2 and warpgroups == 1
         _attn_gluon_ws[(G, H // heads)](
             q, k, v, out, tiles, ts_s, pos_t, lut,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
@@ -432,7 +438,7 @@ def attention_gluon(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_buck
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         G, n_pos, 1.0 / float(attn_n),
         HG=heads, BM=block_m, BN=block_n, D=64, STAGES=stages, LUT_BASE=ha.LUT_BASE, POS=pos, TIME=time,
-        num_warps=num_warps)
+        WG=warpgroups, num_warps=num_warps * warpgroups, **({"maxnreg": maxnreg} if maxnreg else {}))
     return out
 
 
@@ -444,12 +450,14 @@ def main():
     card = torch.cuda.get_device_name()
     print(card, flush=True)
     rows = []
-    # (BM, BN, heads per program, K/V stages, ws: 0 one warpgroup, 1 warp-specialised, > 1 that and maxnreg)
-    for (B, N, H, target, cfgs) in [(64, 1024, 4, 45, [(64, 16, 2, 3, 0), (64, 32, 2, 3, 0), (64, 16, 4, 3, 0),
-                                                       (64, 16, 2, 2, 0), (64, 16, 2, 3, 1), (64, 16, 2, 3, 128)]),
-                                    (512, 128, 2, 25, [(64, 16, 2, 3, 0), (64, 16, 2, 2, 0), (64, 16, 1, 2, 0),
-                                                       (64, 16, 2, 3, 1), (64, 16, 2, 3, 128)]),
-                                    (256, 256, 2, 20, [(64, 16, 2, 3, 0), (64, 16, 2, 3, 1)])]:
+    # (BM, BN, heads per program, K/V stages, ws: 0 one warpgroup, 1 warp-specialised, > 1 that and
+    # maxnreg, warpgroups splitting each tile by columns)
+    for (B, N, H, target, cfgs) in [(64, 1024, 4, 45, [(64, 16, 2, 3, 0, 1), (64, 32, 2, 3, 0, 1), (64, 16, 4, 3, 0, 1),
+                                                       (64, 16, 2, 2, 0, 1), (64, 16, 2, 3, 1, 1), (64, 16, 2, 3, 128, 1),
+                                                       (64, 32, 4, 3, 0, 2)]),
+                                    (512, 128, 2, 25, [(64, 16, 2, 3, 0, 1), (64, 16, 2, 2, 0, 1), (64, 16, 1, 2, 0, 1),
+                                                       (64, 16, 2, 3, 1, 1), (64, 16, 2, 3, 128, 1), (64, 32, 2, 3, 0, 2)]),
+                                    (256, 256, 2, 20, [(64, 16, 2, 3, 0, 1), (64, 16, 2, 3, 1, 1)])]:
         a = attn_inputs(B, N, H, 64, torch.bfloat16, seed=B + N)
         T = a["q"].shape[0]
         pidx = ha.padded_index(a["offsets"], N, T)
@@ -458,11 +466,12 @@ def main():
         op = ha.hstu_attention_triton(**a)
         t_op = bench_ms(lambda: ha.hstu_attention_triton(**a), graph=True, rep=200)
         print(f"B={B} N={N} H={H}: padded {pad * 1e3:.1f} us, op {t_op * 1e3:.2f} us (x{pad / t_op:.1f})", flush=True)
-        for (bm, bn, hg, st, ws) in cfgs:
-            row = dict(card=card, B=B, N=N, H=H, target=target, cfg=[bm, bn, hg, st], ws=ws, padded_us=pad * 1e3,
+        for (bm, bn, hg, st, ws, wg) in cfgs:
+            row = dict(card=card, B=B, N=N, H=H, target=target, cfg=[bm, bn, hg, st], ws=ws, warpgroups=wg,
+                       padded_us=pad * 1e3,
                        op_us=t_op * 1e3)
             try:
-                wkw = dict(ws=bool(ws), maxnreg=ws if ws > 1 else None)
+                wkw = dict(ws=bool(ws), maxnreg=ws if ws > 1 else None, warpgroups=wg)
                 o = attention_gluon(**a, block_m=bm, block_n=bn, heads=hg, stages=st, **wkw)
                 row["rel_err_vs_op"] = rel_err(o, op)
                 row["bitwise_equal_op"] = bool(torch.equal(o, op))

@@ -35,11 +35,13 @@ def test_hstu_attention_gpu(dtype, B, max_len, H, qk, vd):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                     reason="the Gluon experiment is written for Hopper (wgmma)")
-@pytest.mark.parametrize("B,max_len,H,cfg,ws", [(16, 1024, 4, (64, 16, 2, 3), False), (64, 128, 2, (64, 16, 2, 2), False),
-                                                (32, 300, 4, (64, 16, 4, 3), False), (40, 77, 2, (64, 32, 1, 3), False),
-                                                (16, 1024, 4, (64, 16, 2, 3), True), (40, 77, 2, (64, 32, 1, 3), True)])
-def test_gluon_experiment_matches_the_op_gpu(B, max_len, H, cfg, ws):
-    """bench/attention_gluon_experiment.py computes what the op computes (same tables, same SiLU)."""
+@pytest.mark.parametrize("B,max_len,H,cfg,variant", [
+    (16, 1024, 4, (64, 16, 2, 3), "one"), (64, 128, 2, (64, 16, 2, 2), "one"), (32, 300, 4, (64, 16, 4, 3), "one"),
+    (40, 77, 2, (64, 32, 1, 3), "one"), (16, 1024, 4, (64, 16, 2, 3), "ws"), (40, 77, 2, (64, 32, 1, 3), "ws"),
+    (16, 1024, 4, (64, 32, 4, 3), "split"), (40, 77, 2, (64, 32, 2, 2), "split")])
+def test_gluon_experiment_matches_the_op_gpu(B, max_len, H, cfg, variant):
+    """bench/attention_gluon_experiment.py computes what the op computes (same tables, same SiLU): one
+    warpgroup, warp-specialised, and two warpgroups splitting each tile by columns."""
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -49,7 +51,8 @@ def test_gluon_experiment_matches_the_op_gpu(B, max_len, H, cfg, ws):
     a = random_jagged_attention_inputs(B, max_len, H, 64, 64, dtype=torch.bfloat16, device="cuda", seed=B + H,
                                        scale=0.5)
     bm, bn, hg, st = cfg
-    out = attention_gluon(**a, block_m=bm, block_n=bn, heads=hg, stages=st, ws=ws)
+    out = attention_gluon(**a, block_m=bm, block_n=bn, heads=hg, stages=st, ws=variant == "ws",
+                          warpgroups=2 if variant == "split" else 1)
     assert rel_err(out, ha.hstu_attention_triton(**a)) < 2e-3
     ref = ha.hstu_attention_reference(
         a["q"].double(), a["k"].double(), a["v"].double(), a["offsets"], a["ts_s"],
