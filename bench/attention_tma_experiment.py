@@ -96,10 +96,7 @@ def _hstu_attn_seq3(
 ):
     pid = tl.program_id(0)
     h0 = tl.program_id(1) * HG
-    s = tl.load(Tiles + pid)
-    L = tl.load(Tiles + n_grid + pid)
-    q0 = tl.load(Tiles + 2 * n_grid + pid)
-    safe = tl.load(Tiles + 3 * n_grid + pid)
+    s, L, q0, safe = ha._tile_entry(Tiles, pid, n_grid)
     if L > 0:
         qpos = q0 + tl.arange(0, BLOCK_M)
         q_ok = qpos < L

@@ -652,6 +652,13 @@ if _HAVE_TRITON:
             _store_o(Out, orow64, q_ok, h0 + 3, stride_oh, dv, acc3, V_DIM)
 
     @triton.jit
+    def _tile_entry(Tiles, pid, n_grid):
+        """Program ``pid``'s entry of the tile table (_seq_tiles): sequence start, length (0: no
+        tile), first query position, int32-safety of its time differences."""
+        return (tl.load(Tiles + pid), tl.load(Tiles + n_grid + pid), tl.load(Tiles + 2 * n_grid + pid),
+                tl.load(Tiles + 3 * n_grid + pid))
+
+    @triton.jit
     def _tile_bias_loads(TS, PosT, s, L, j0, tq0, tile_offs, n_pos_tiles, BLOCK_M: tl.constexpr,
                          BLOCK_N: tl.constexpr):
         """The key timestamps and the position-bias tile (pos_tiles: the tile of this q0 - j0) of
@@ -663,14 +670,16 @@ if _HAVE_TRITON:
         return ts_k, tl.load(PosT + d * (BLOCK_M * BLOCK_N) + tile_offs)
 
     @triton.jit
-    def _seq_tile(acc0, acc1, acc2, acc3, q0, q1, q2, q3, K, V, TimeW, Thr, Lut, s, L, qpos, ts_q,
-                  safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, num_tb,
-                  inv_n, log2_scale, ts_k, pos_b, HG: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr, IEEE: tl.constexpr,
-                  FAST_SILU: tl.constexpr, LUT_W: tl.constexpr, W_BF16: tl.constexpr, LUT_BASE: tl.constexpr):
+    def _seq_tile(acc0, acc1, acc2, acc3, q0, q1, q2, q3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                  safe, j0, tq0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles,
+                  num_tb, inv_n, log2_scale, ts_k, pos_b, HG: tl.constexpr, QK_DIM: tl.constexpr,
+                  V_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr,
+                  IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_W: tl.constexpr, W_BF16: tl.constexpr,
+                  LUT_BASE: tl.constexpr):
         """One key tile for the program's HG heads; the relative bias is computed once for all of them.
         ``ts_k`` and ``pos_b`` (its key timestamps and position tile, _tile_bias_loads) were loaded
-        one tile ahead."""
+        one tile ahead; the next tile's are loaded here first and returned with the accumulators."""
+        ts_n, pos_n = _tile_bias_loads(TS, PosT, s, L, j0 + BLOCK_N, tq0, tile_offs, n_pos_tiles, BLOCK_M, BLOCK_N)
         kpos = j0 + tl.arange(0, BLOCK_N)                    # key positions in the sequence
         k_ok = kpos < L
         vis = qpos[:, None] >= kpos[None, :]
@@ -692,7 +701,7 @@ if _HAVE_TRITON:
         if HG > 3:
             acc3 = _seq_head(acc3, q3, K, V, kr, k_ok, h0 + 3, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt,
                              stride_vh, inv_n, QK_DIM, V_DIM, DIAG, IEEE, FAST_SILU)
-        return acc0, acc1, acc2, acc3
+        return acc0, acc1, acc2, acc3, ts_n, pos_n
 
     @triton.jit
     def _load_q(Q, qr64, q_ok, h, stride_qh, dq, QK_DIM: tl.constexpr):
@@ -724,10 +733,7 @@ if _HAVE_TRITON:
         # LUT (16-bit inputs, sequences spanning < 2^31 s) or the log path (_time_bucket_tl).
         pid = tl.program_id(0)
         h0 = tl.program_id(1) * HG
-        s = tl.load(Tiles + pid)
-        L = tl.load(Tiles + n_grid + pid)
-        q0 = tl.load(Tiles + 2 * n_grid + pid)
-        safe = tl.load(Tiles + 3 * n_grid + pid)
+        s, L, q0, safe = _tile_entry(Tiles, pid, n_grid)
         qpos = q0 + tl.arange(0, BLOCK_M)
         q_ok = qpos < L
         qrow = s + tl.minimum(qpos, tl.maximum(L - 1, 0))
@@ -755,25 +761,17 @@ if _HAVE_TRITON:
         # hides under the previous tile's work: 1-4 % in run 15)
         ts_k, pos_b = _tile_bias_loads(TS, PosT, s, L, 0, q0, tile_offs, n_pos_tiles, BLOCK_M, BLOCK_N)
         for j0 in range(0, q_end, BLOCK_N):              # full tiles left of the diagonal
-            ts_n, pos_n = _tile_bias_loads(TS, PosT, s, L, j0 + BLOCK_N, q0, tile_offs, n_pos_tiles, BLOCK_M,
-                                           BLOCK_N)
-            acc0, acc1, acc2, acc3 = _seq_tile(
-                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TimeW, Thr, Lut, s, L, qpos, ts_q,
-                safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, num_tb,
+            acc0, acc1, acc2, acc3, ts_k, pos_b = _seq_tile(
+                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, False, IEEE, FAST_SILU, LUT_W,
                 W_BF16, LUT_BASE)
-            ts_k = ts_n
-            pos_b = pos_n
         for j0 in range(q_end, tl.minimum(q0 + BLOCK_M, L), BLOCK_N):   # the diagonal tiles
-            ts_n, pos_n = _tile_bias_loads(TS, PosT, s, L, j0 + BLOCK_N, q0, tile_offs, n_pos_tiles, BLOCK_M,
-                                           BLOCK_N)
-            acc0, acc1, acc2, acc3 = _seq_tile(
-                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TimeW, Thr, Lut, s, L, qpos, ts_q,
-                safe, j0, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, num_tb,
+            acc0, acc1, acc2, acc3, ts_k, pos_b = _seq_tile(
+                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
+                safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, True, IEEE, FAST_SILU, LUT_W,
                 W_BF16, LUT_BASE)
-            ts_k = ts_n
-            pos_b = pos_n
         _store_heads(Out, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, HG, V_DIM)
 
 
