@@ -105,6 +105,16 @@ def _silu_p(s, bias, vis, inv_n, DIAG: gl.constexpr, p_layout: gl.constexpr):
 
 
 @gluon.jit
+def _qkv_smem(HG: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr):
+    """Shared memory for Q of the HG heads and STAGES slots of their K and V tiles (wgmma operands)."""
+    q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BM, D], gl.bfloat16)
+    kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, D], gl.bfloat16)
+    return (gl.allocate_shared_memory(gl.bfloat16, [HG, BM, D], q_sl),
+            gl.allocate_shared_memory(gl.bfloat16, [STAGES * HG, BN, D], kv_sl),
+            gl.allocate_shared_memory(gl.bfloat16, [STAGES * HG, BN, D], kv_sl))
+
+
+@gluon.jit
 def _prologue(Q, K, V, q_smem, k_smem, v_smem, s, L, q0, h0, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt,
               stride_vh, HG: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr,
               STAGES: gl.constexpr, ld_layout: gl.constexpr):
@@ -257,15 +267,11 @@ def _attn_gluon(Q, K, V, Out, Tiles, TS, PosT, Lut,
                                                        instr_shape=[16, D // WG, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     ld_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4 * WG, 1], [1, 0])
-    q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BM, D], gl.bfloat16)
-    kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, D], gl.bfloat16)
 
     pid = gl.program_id(0)
     h0 = gl.program_id(1) * HG
     s, L, q0 = _tile(Tiles, pid, n_grid)
-    q_smem = gl.allocate_shared_memory(gl.bfloat16, [HG, BM, D], q_sl)
-    k_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES * HG, BN, D], kv_sl)
-    v_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES * HG, BN, D], kv_sl)
+    q_smem, k_smem, v_smem = _qkv_smem(HG, BM, BN, D, STAGES)
     _prologue(Q, K, V, q_smem, k_smem, v_smem, s, L, q0, h0, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt,
               stride_vh, HG, BM, BN, D, STAGES, ld_layout)
 
@@ -381,15 +387,11 @@ def _attn_gluon_ws(Q, K, V, Out, Tiles, TS, PosT, Lut,
                    BS: gl.constexpr, LUT_BASE: gl.constexpr, POS: gl.constexpr, TIME: gl.constexpr,
                    PRODUCER_REGS: gl.constexpr):
     ld_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
-    q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BM, D], gl.bfloat16)
-    kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, D], gl.bfloat16)
     b_sl: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     pid = gl.program_id(0)
     h0 = gl.program_id(1) * HG
     s, L, q0 = _tile(Tiles, pid, n_grid)
-    q_smem = gl.allocate_shared_memory(gl.bfloat16, [HG, BM, D], q_sl)
-    k_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES * HG, BN, D], kv_sl)
-    v_smem = gl.allocate_shared_memory(gl.bfloat16, [STAGES * HG, BN, D], kv_sl)
+    q_smem, k_smem, v_smem = _qkv_smem(HG, BM, BN, D, STAGES)
     bias_smem = gl.allocate_shared_memory(gl.float32, [BS, BM, BN], b_sl)
     bias_ready = gl.allocate_shared_memory(gl.int64, [BS, 1], mbarrier.MBarrierLayout())
     bias_empty = gl.allocate_shared_memory(gl.int64, [BS, 1], mbarrier.MBarrierLayout())
