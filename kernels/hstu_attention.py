@@ -539,43 +539,50 @@ if _HAVE_TRITON:
                  mask=h_ok[:, None, None] & row_ok[None, :, None] & (dv[None, None, :] < V_DIM))
 
     @triton.jit
-    def _seq_tiles_kernel(Offsets, Safe, Tiles, B, G, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
-        # one program: tile k of every sequence that has one, k from the largest down (longest
-        # first), then G - n_tiles empty columns
-        mx = 0
-        for c0 in range(0, B, CHUNK):
-            b = c0 + tl.arange(0, CHUNK)
-            m = b < B
-            L = (tl.load(Offsets + b + 1, mask=m, other=0) - tl.load(Offsets + b, mask=m, other=0)).to(tl.int32)
-            mx = tl.maximum(mx, tl.max((L + BLOCK_M - 1) // BLOCK_M, axis=0))
-        pos = 0
-        for kk in range(0, mx):
-            k = mx - 1 - kk
-            for c0 in range(0, B, CHUNK):
-                b = c0 + tl.arange(0, CHUNK)
-                m = b < B
-                st = tl.load(Offsets + b, mask=m, other=0).to(tl.int32)
-                L = tl.load(Offsets + b + 1, mask=m, other=0).to(tl.int32) - st
-                take = m & ((L + BLOCK_M - 1) // BLOCK_M > k)
-                t = take.to(tl.int32)
-                idx = pos + tl.cumsum(t, axis=0) - 1
-                tl.store(Tiles + idx, st, mask=take)
-                tl.store(Tiles + G + idx, L, mask=take)
-                tl.store(Tiles + 2 * G + idx, tl.zeros_like(L) + k * BLOCK_M, mask=take)
-                tl.store(Tiles + 3 * G + idx, tl.load(Safe + b, mask=take, other=0), mask=take)
-                pos += tl.sum(t, axis=0)
-        for p0 in range(pos, G, CHUNK):
-            p = p0 + tl.arange(0, CHUNK)
-            m = p < G
-            z = tl.zeros([CHUNK], dtype=tl.int32)
-            tl.store(Tiles + p, z, mask=m)
-            tl.store(Tiles + G + p, z, mask=m)
-            tl.store(Tiles + 2 * G + p, z, mask=m)
-            tl.store(Tiles + 3 * G + p, z, mask=m)
+    def _tile_q0_bin(L, k, BLOCK_M: tl.constexpr, ALIGN_N: tl.constexpr, NB: tl.constexpr):
+        """Tile k (a vector) of a sequence of length L: its first query position q0 and its sort bin,
+        min(its number of key tiles, NB - 1).  ALIGN_N > 0: the tiles end at L rounded up to a
+        multiple of ALIGN_N (q0 = k * BLOCK_M - pad, pad a multiple of ALIGN_N below BLOCK_M), so the
+        partial tile is the first one, which has the fewest keys; key tiles count ALIGN_N keys
+        (BLOCK_M without it).  Tile k < n - 1 has (k + 1) * BLOCK_M - pad keys, the last one L."""
+        SN: tl.constexpr = ALIGN_N if ALIGN_N > 0 else BLOCK_M
+        n = (L + BLOCK_M - 1) // BLOCK_M
+        pad = 0
+        if ALIGN_N > 0:
+            pad = (BLOCK_M - 1 - (L + BLOCK_M - 1) % BLOCK_M) // ALIGN_N * ALIGN_N
+        keys = tl.where(k == n - 1, L, (k + 1) * BLOCK_M - pad)
+        return k * BLOCK_M - pad, tl.minimum((keys + SN - 1) // SN, NB - 1)
 
     @triton.jit
-    def _seq_span_kernel(Offsets, TS, Safe, CHUNK: tl.constexpr):
-        # one program per sequence: 1 if max(ts) - min(ts) < 2^31 - 1 (every |dt| fits int32)
+    def _seq_slots_kernel(Offsets, Safe, Tiles, Count, Cursor, G, BLOCK_M: tl.constexpr, ALIGN_N: tl.constexpr,
+                          NB: tl.constexpr, KB: tl.constexpr):
+        # one program per sequence: its tiles' columns in the tile table, ordered by decreasing key
+        # count (a counting sort: Count = the histogram of the bins from _seq_span_kernel, a tile
+        # of bin c goes after every tile of a higher bin, at an atomic cursor of its bin: the order
+        # within a bin is not deterministic, what each tile computes is)
+        b = tl.program_id(0)
+        st = tl.load(Offsets + b).to(tl.int32)
+        L = tl.load(Offsets + b + 1).to(tl.int32) - st
+        bins = tl.arange(0, NB)
+        hist = tl.load(Count + bins, cache_modifier=".cg")
+        total = tl.sum(hist, axis=0)
+        safe = tl.load(Safe + b)
+        for k0 in range(0, (L + BLOCK_M - 1) // BLOCK_M, KB):
+            k = k0 + tl.arange(0, KB)
+            take = k < (L + BLOCK_M - 1) // BLOCK_M
+            q0, c = _tile_q0_bin(L, k, BLOCK_M, ALIGN_N, NB)
+            upto = tl.sum(tl.where(bins[None, :] <= c[:, None], hist[None, :], 0), axis=1)   # tiles of bins <= c
+            idx = total - upto + tl.atomic_add(Cursor + c, 1, mask=take)
+            tl.store(Tiles + idx, st + tl.zeros_like(k), mask=take)
+            tl.store(Tiles + G + idx, L + tl.zeros_like(k), mask=take)
+            tl.store(Tiles + 2 * G + idx, q0, mask=take)
+            tl.store(Tiles + 3 * G + idx, safe + tl.zeros_like(k), mask=take)
+
+    @triton.jit
+    def _seq_span_kernel(Offsets, TS, Safe, Count, BLOCK_M: tl.constexpr, ALIGN_N: tl.constexpr, NB: tl.constexpr,
+                         KB: tl.constexpr, CHUNK: tl.constexpr):
+        # one program per sequence: 1 if max(ts) - min(ts) < 2^31 - 1 (every |dt| fits int32), and
+        # its tiles counted in the histogram of sort bins (_tile_q0_bin)
         b = tl.program_id(0)
         st = tl.load(Offsets + b)
         en = tl.load(Offsets + b + 1)
@@ -589,6 +596,11 @@ if _HAVE_TRITON:
             hi = tl.maximum(hi, tl.max(t, axis=0))
         span = hi - lo                                    # < 0: wrapped around int64
         tl.store(Safe + b, ((span >= 0) & (span < 2147483647)).to(tl.int32))
+        L = (en - st).to(tl.int32)
+        for k0 in range(0, (L + BLOCK_M - 1) // BLOCK_M, KB):
+            k = k0 + tl.arange(0, KB)
+            _, c = _tile_q0_bin(L, k, BLOCK_M, ALIGN_N, NB)
+            tl.atomic_add(Count + c, 1, mask=k < (L + BLOCK_M - 1) // BLOCK_M)
 
     @triton.jit
     def _seq_head(acc, q, K, V, kr, k_ok, h, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, inv_n,
@@ -723,7 +735,8 @@ if _HAVE_TRITON:
         IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_W: tl.constexpr, W_BF16: tl.constexpr,
         LUT_BASE: tl.constexpr,
     ):
-        # One program = one query tile of ONE sequence (rows q0 .. q0+BLOCK_M-1 of it) x HG heads
+        # One program = one query tile of ONE sequence (rows q0 .. q0+BLOCK_M-1 of it, q0 < 0 on the
+        # first tile: _seq_tiles aligns the tiles to the sequence end) x HG heads
         # (head group program_id(1)); its start, length (0: no tile, the grid is a host-known
         # upper bound), q0 and int32-safety come from the tile table (_seq_tiles).  Keys run
         # from 0 to min(q0 + BLOCK_M, L): the tiles left of the diagonal are full (no mask, no
@@ -734,9 +747,9 @@ if _HAVE_TRITON:
         pid = tl.program_id(0)
         h0 = tl.program_id(1) * HG
         s, L, q0, safe = _tile_entry(Tiles, pid, n_grid)
-        qpos = q0 + tl.arange(0, BLOCK_M)
-        q_ok = qpos < L
-        qrow = s + tl.minimum(qpos, tl.maximum(L - 1, 0))
+        qpos = q0 + tl.arange(0, BLOCK_M)                 # q0 < 0 on a sequence's first tile
+        q_ok = (qpos >= 0) & (qpos < L)
+        qrow = s + tl.minimum(tl.maximum(qpos, 0), tl.maximum(L - 1, 0))
         ts_q = tl.load(TS + qrow)
         dq = tl.arange(0, BLOCK_DQ)
         dv = tl.arange(0, BLOCK_DV)
@@ -756,7 +769,7 @@ if _HAVE_TRITON:
         acc2 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         acc3 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         tile_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        q_end = tl.where(L > 0, q0, 0)
+        q_end = tl.where(L > 0, tl.maximum(q0, 0), 0)
         # each key tile's timestamps and position bias are loaded one tile ahead (their latency
         # hides under the previous tile's work: 1-4 % in run 15)
         ts_k, pos_b = _tile_bias_loads(TS, PosT, s, L, 0, q0, tile_offs, n_pos_tiles, BLOCK_M, BLOCK_N)
@@ -834,29 +847,42 @@ def seq_config(H: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:
 
 
 _TILES_CACHE: dict = {}
+_TILE_BINS = 128    # the tile table's sort bins (key-tile counts); longer tiles share the last one
 
 
-def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int) -> torch.Tensor:
-    """(4, G) int32 tile table of the per-sequence kernel, built by two small Triton kernels
-    (no host sync).  Column t = the tile's sequence start, its length (0 = no tile), its first
-    query position, and 1 when the sequence's time span is below 2^31 s (its int32 bucket path
-    is exact).  G = T // BM + B bounds the number of tiles, sum_b ceil(L_b / BM), from the
-    shapes alone.  Tiles are ordered by decreasing key count (every sequence's last tile
-    first), so the long programs do not form the tail.  The last table is kept for the same
-    ``offsets`` and ``ts_s`` tensors (same objects, unmodified): the encoder's layers share one
-    (outside ``torch.inference_mode``, whose tensors have no version counter)."""
+def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, align_n: int = 0) -> torch.Tensor:
+    """(4, G) int32 tile table of the per-sequence kernel, built by a memset and two small Triton
+    kernels, one program per sequence (no host sync).  Column t = the tile's sequence start, its
+    length (0 = no tile), its first query position q0, and 1 when the sequence's time span is
+    below 2^31 s (its int32 bucket path is exact).  G = T // BM + B bounds the number of tiles,
+    sum_b ceil(L_b / BM), from the shapes alone.
+
+    ``align_n`` = 0: q0 = 0, BM, 2 BM, ...; the last tile is the partial one.  ``align_n`` = BN
+    (what the kernel runs): the tiles are shifted back by the largest multiple of BN that keeps
+    the last tile's end at or past L, so the first tile starts before row 0 (its rows < 0 are
+    masked) and the partial tile is the one with the fewest keys; key tiles stay at multiples
+    of BN.  The tiles are ordered by decreasing number of key tiles (of ``align_n`` keys, or
+    ``block_m``), a counting sort, so that the GPU's block scheduler runs the longest programs
+    first and the short ones fill the tail (docs/kernels.md).
+
+    The last table is kept for the same ``offsets`` and ``ts_s`` tensors (same objects,
+    unmodified): the encoder's layers share one (outside ``torch.inference_mode``, whose tensors
+    have no version counter)."""
     # inference tensors (torch.inference_mode) have no version counter: no reuse for them
     cacheable = not (offsets.is_inference() or ts_s.is_inference())
-    key = (T, block_m, offsets._version, ts_s._version) if cacheable else None
+    key = (T, block_m, align_n, offsets._version, ts_s._version) if cacheable else None
     hit = _TILES_CACHE.get("last")
     if cacheable and hit is not None and hit[0]() is offsets and hit[1]() is ts_s and hit[2] == key:
         return hit[3]
     B = offsets.numel() - 1
     G = T // block_m + B
     safe = torch.empty(B, dtype=torch.int32, device=offsets.device)
-    _seq_span_kernel[(B,)](offsets, ts_s, safe, CHUNK=256, num_warps=2)
-    tiles = torch.empty(4, G, dtype=torch.int32, device=offsets.device)
-    _seq_tiles_kernel[(1,)](offsets, safe, tiles, B, G, BLOCK_M=block_m, CHUNK=1024, num_warps=4)
+    tiles = torch.zeros(4 * G + 2 * _TILE_BINS, dtype=torch.int32, device=offsets.device)   # empty columns: 0
+    count, cursor = tiles[4 * G:4 * G + _TILE_BINS], tiles[4 * G + _TILE_BINS:]
+    meta = dict(BLOCK_M=block_m, ALIGN_N=align_n, NB=_TILE_BINS, KB=16)
+    _seq_span_kernel[(B,)](offsets, ts_s, safe, count, **meta, CHUNK=256, num_warps=2)
+    _seq_slots_kernel[(B,)](offsets, safe, tiles, count, cursor, G, **meta, num_warps=2)
+    tiles = tiles[:4 * G].view(4, G)
     if cacheable:
         _TILES_CACHE["last"] = (weakref.ref(offsets), weakref.ref(ts_s), key, tiles)
     return tiles
@@ -876,7 +902,7 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
         raise ValueError(f"need block_n | block_m and heads | H with heads <= 4; got {bm}, {bn}, {hg} (H={H})")
     if T >= 2**31:
         raise ValueError(f"{T} rows: the per-sequence kernel indexes rows in int32")
-    tiles = _seq_tiles(offsets, ts_s, T, bm)
+    tiles = _seq_tiles(offsets, ts_s, T, bm, bn)
     G = tiles.shape[1]
     bdt = tw.dtype
     pos_t, n_pos = _cached("pos", pos_w, (max_seq_len, bm, bn, bdt),

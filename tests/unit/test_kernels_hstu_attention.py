@@ -117,13 +117,46 @@ def test_pos_tiles_cover_every_tile(interp, bm, bn, P):
     tiles, n = ha.pos_tiles(pos_w, P, bm, bn, torch.float64)
     i = torch.arange(bm)[:, None]
     j = torch.arange(bn)[None, :]
-    for q0 in range(0, 3 * P + 2 * bm, bm):            # query tiles beyond the table too (clamped)
+    # query tiles beyond the table too (clamped), and first tiles that start before row 0
+    for q0 in [*range(bn - bm, 0, bn), *range(0, 3 * P + 2 * bm, bm)]:
         for j0 in range(0, q0 + bm, bn):               # every key tile up to the diagonal
             d = min((q0 - j0 + bm - bn) // bn, n - 1)
             rel = q0 + i - (j0 + j)
             want = pos_w[rel.clamp(0, P - 1)]
             got = tiles[d * bm:(d + 1) * bm]
             assert torch.equal(got[rel >= 0], want[rel >= 0]), (q0, j0)
+
+
+@pytest.mark.parametrize("bm,align", [(64, 16), (64, 32), (32, 16), (16, 16), (64, 0)])
+def test_seq_tiles_cover_every_row_once(interp, bm, align):
+    """The tile table: every row of every sequence in exactly one tile, longest tiles first; with
+    ``align`` the tiles end at the sequence end rounded up to ``align`` and start at multiples of it."""
+    ha = interp
+    # the 2500- and 3000-row sequences have tiles past the last sort bin (they share it)
+    lengths = torch.tensor([0, 1, 15, 16, 17, 31, 33, 63, 64, 65, 100, 127, 128, 129, 200, 0, 7, 3000, 2500])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    T = int(offsets[-1])
+    tiles = ha._seq_tiles(offsets, torch.arange(T, dtype=torch.int64), T, bm, align).tolist()
+    seen = {b: [] for b in range(len(lengths))}
+    ends = {b: [] for b in range(len(lengths))}
+    keys = []
+    for s, L, q0, safe in zip(*tiles):
+        if L == 0:
+            continue
+        b = int(torch.searchsorted(offsets, torch.tensor(s), right=True)) - 1
+        assert L == lengths[b] and safe == 1 and -bm < q0 < L and q0 % (align or bm) == 0
+        seen[b] += [r for r in range(q0, q0 + bm) if 0 <= r < L]
+        ends[b].append(q0 + bm)
+        keys.append(min(q0 + bm, L))
+    for b, L in enumerate(lengths.tolist()):
+        assert sorted(seen[b]) == list(range(L)), b
+        if L and align:       # the last tile ends at L rounded up to ``align``
+            assert max(ends[b]) == -(-L // align) * align, b
+        elif L:               # the first tile starts at row 0
+            assert min(ends[b]) == bm, b
+    assert len(keys) == sum(-(-L // bm) for L in lengths.tolist())
+    bins = [min(-(-k // (align or bm)), ha._TILE_BINS - 1) for k in keys]   # longest first, in key tiles
+    assert bins == sorted(bins, reverse=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
