@@ -539,19 +539,20 @@ if _HAVE_TRITON:
                  mask=h_ok[:, None, None] & row_ok[None, :, None] & (dv[None, None, :] < V_DIM))
 
     @triton.jit
-    def _tile_q0_bin(L, k, BLOCK_M: tl.constexpr, ALIGN_N: tl.constexpr, NB: tl.constexpr):
-        """Tile k (a vector) of a sequence of length L: its first query position q0 and its sort bin,
-        min(its number of key tiles, NB - 1).  ALIGN_N > 0: the tiles end at L rounded up to a
-        multiple of ALIGN_N (q0 = k * BLOCK_M - pad, pad a multiple of ALIGN_N below BLOCK_M), so the
-        partial tile is the first one, which has the fewest keys; key tiles count ALIGN_N keys
-        (BLOCK_M without it).  Tile k < n - 1 has (k + 1) * BLOCK_M - pad keys, the last one L."""
+    def _tile_k(L, k, BLOCK_M: tl.constexpr, ALIGN_N: tl.constexpr, NB: tl.constexpr):
+        """Tiles k (a vector) of a sequence of length L: whether it has them (k < n), their first
+        query positions q0 and their sort bins, min(number of key tiles, NB - 1).  ALIGN_N > 0: the
+        tiles end at L rounded up to a multiple of ALIGN_N (q0 = k * BLOCK_M - pad, pad a multiple
+        of ALIGN_N below BLOCK_M), so the partial tile is the first one, which has the fewest keys;
+        key tiles count ALIGN_N keys (BLOCK_M without it).  Tile k < n - 1 has (k + 1) * BLOCK_M -
+        pad keys, the last one L."""
         SN: tl.constexpr = ALIGN_N if ALIGN_N > 0 else BLOCK_M
         n = (L + BLOCK_M - 1) // BLOCK_M
         pad = 0
         if ALIGN_N > 0:
             pad = (BLOCK_M - 1 - (L + BLOCK_M - 1) % BLOCK_M) // ALIGN_N * ALIGN_N
         keys = tl.where(k == n - 1, L, (k + 1) * BLOCK_M - pad)
-        return k * BLOCK_M - pad, tl.minimum((keys + SN - 1) // SN, NB - 1)
+        return k < n, k * BLOCK_M - pad, tl.minimum((keys + SN - 1) // SN, NB - 1)
 
     @triton.jit
     def _seq_slots_kernel(Offsets, Safe, Tiles, Count, Cursor, G, BLOCK_M: tl.constexpr, ALIGN_N: tl.constexpr,
@@ -568,21 +569,19 @@ if _HAVE_TRITON:
         total = tl.sum(hist, axis=0)
         safe = tl.load(Safe + b)
         for k0 in range(0, (L + BLOCK_M - 1) // BLOCK_M, KB):
-            k = k0 + tl.arange(0, KB)
-            take = k < (L + BLOCK_M - 1) // BLOCK_M
-            q0, c = _tile_q0_bin(L, k, BLOCK_M, ALIGN_N, NB)
+            take, q0, c = _tile_k(L, k0 + tl.arange(0, KB), BLOCK_M, ALIGN_N, NB)
             upto = tl.sum(tl.where(bins[None, :] <= c[:, None], hist[None, :], 0), axis=1)   # tiles of bins <= c
             idx = total - upto + tl.atomic_add(Cursor + c, 1, mask=take)
-            tl.store(Tiles + idx, st + tl.zeros_like(k), mask=take)
-            tl.store(Tiles + G + idx, L + tl.zeros_like(k), mask=take)
+            tl.store(Tiles + idx, st + tl.zeros_like(q0), mask=take)
+            tl.store(Tiles + G + idx, L + tl.zeros_like(q0), mask=take)
             tl.store(Tiles + 2 * G + idx, q0, mask=take)
-            tl.store(Tiles + 3 * G + idx, safe + tl.zeros_like(k), mask=take)
+            tl.store(Tiles + 3 * G + idx, safe + tl.zeros_like(q0), mask=take)
 
     @triton.jit
     def _seq_span_kernel(Offsets, TS, Safe, Count, BLOCK_M: tl.constexpr, ALIGN_N: tl.constexpr, NB: tl.constexpr,
                          KB: tl.constexpr, CHUNK: tl.constexpr):
         # one program per sequence: 1 if max(ts) - min(ts) < 2^31 - 1 (every |dt| fits int32), and
-        # its tiles counted in the histogram of sort bins (_tile_q0_bin)
+        # its tiles counted in the histogram of sort bins (_tile_k)
         b = tl.program_id(0)
         st = tl.load(Offsets + b)
         en = tl.load(Offsets + b + 1)
@@ -598,9 +597,8 @@ if _HAVE_TRITON:
         tl.store(Safe + b, ((span >= 0) & (span < 2147483647)).to(tl.int32))
         L = (en - st).to(tl.int32)
         for k0 in range(0, (L + BLOCK_M - 1) // BLOCK_M, KB):
-            k = k0 + tl.arange(0, KB)
-            _, c = _tile_q0_bin(L, k, BLOCK_M, ALIGN_N, NB)
-            tl.atomic_add(Count + c, 1, mask=k < (L + BLOCK_M - 1) // BLOCK_M)
+            take, _, c = _tile_k(L, k0 + tl.arange(0, KB), BLOCK_M, ALIGN_N, NB)
+            tl.atomic_add(Count + c, 1, mask=take)
 
     @triton.jit
     def _seq_head(acc, q, K, V, kr, k_ok, h, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, inv_n,
