@@ -127,7 +127,7 @@ def _hstu_attn_seq3(
                 ts_q, safe, j0, h0, n_pos_tiles, num_tb, inv_n, log2_scale, HG, BLOCK_M, BLOCK_N, BLOCK_DQ,
                 BLOCK_DV, True, IEEE, FAST_SILU, W_BF16, LUT_BASE, BIAS)
         _store_heads(Out, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, tl.arange(0, BLOCK_DV),
-                     acc0, acc1, acc2, acc3, HG, V_DIM)
+                     acc0, acc1, acc2, acc3, inv_n if FAST_SILU else 1.0, HG, V_DIM)
 
 
 def attention_tma(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_buckets, max_seq_len,
@@ -136,12 +136,15 @@ def attention_tma(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_bucket
     T, H, D = q.shape
     DV = v.shape[-1]
     bdt = ha.bias_dtype(q.dtype)
+    fast = q.dtype != torch.float32 and not ha._dispatch.interpreting()
+    sc = 0.5 if fast else 1.0     # the op's fast SiLU (_silu_pv) takes the bias halved
     # the weight-derived tables are kept per weight tensor, as the production kernel keeps them
-    pt, nd = ha._cached("pos", pos_w, (max_seq_len, bm, bn, bdt),
-                        lambda: ha.pos_tiles(pos_w, max_seq_len, bm, bn, bdt))
+    pt, nd = ha._cached("pos", pos_w, (max_seq_len, bm, bn, bdt, sc),
+                        lambda: ha.pos_tiles(pos_w, max_seq_len, bm, bn, bdt, sc))
     thr = ha.bucket_thresholds(num_time_buckets, q.device)
-    lut = ha._cached("lut", time_w, (num_time_buckets, bdt), lambda: ha.folded_lut(time_w, num_time_buckets, bdt)) \
-        if bdt != torch.float32 else thr
+    lut = ha._cached("lut", time_w, (num_time_buckets, bdt, sc),
+                     lambda: ha.folded_lut(time_w, num_time_buckets, bdt, sc)) if bdt != torch.float32 else thr
+    tw = ha._bias_table(time_w, q.dtype) * sc
     tiles = ha._seq_tiles(offsets, ts_s, T, bm)
     G = tiles.shape[1]
     out = torch.empty(T, H, DV, dtype=v.dtype, device=v.device)
@@ -150,10 +153,10 @@ def attention_tma(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_bucket
     vd = TensorDescriptor(v, [T, H * DV], [v.stride(0), 1], [bn, DV])
     pd = TensorDescriptor(pt, list(pt.shape), [pt.stride(0), 1], [bm, bn])
     _hstu_attn_seq3[(G, H // hg)](
-        qd, kd, vd, out, tiles, ts_s, pd, lut, ha._bias_table(time_w, q.dtype), thr,
+        qd, kd, vd, out, tiles, ts_s, pd, lut, tw, thr,
         out.stride(0), out.stride(1), G, nd, num_time_buckets, 1.0 / attn_n, ha._LOG2_SCALE,
         HG=hg, V_DIM=DV, BLOCK_DQ=D, BLOCK_DV=DV, BLOCK_M=bm, BLOCK_N=bn, IEEE=q.dtype == torch.float32,
-        FAST_SILU=q.dtype != torch.float32 and not ha._dispatch.interpreting(), W_BF16=q.dtype == torch.bfloat16,
+        FAST_SILU=fast, W_BF16=q.dtype == torch.bfloat16,
         LUT_BASE=ha.LUT_BASE, BIAS=bias,
         num_warps=nw, num_stages=ns)
     return out

@@ -300,32 +300,36 @@ def bias_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float32 else dtype
 
 
-def folded_lut(time_w: torch.Tensor, num_time_buckets: int, dtype: torch.dtype) -> torch.Tensor:
+def folded_lut(time_w: torch.Tensor, num_time_buckets: int, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
     """(LUT_CELLS,) int64: :func:`bucket_lut` with the time weights folded in, for 16-bit inputs.
     Low word = the cell's threshold test value (low bits of float32(|dt|) above it: next bucket);
     high word = time_w[b + 1] << 16 | time_w[b] as 16-bit patterns (``dtype``), b = the cell's
-    lowest bucket.  One gather then gives the weight: time_w[bucket(dt)] exactly (in ``dtype``)."""
+    lowest bucket.  One gather then gives the weight: time_w[bucket(dt)] exactly (in ``dtype``),
+    times ``scale`` (0.5 for the kernel's fast SiLU: exact, a power of two)."""
     e = bucket_lut(num_time_buckets, time_w.device).to(torch.int64)
     b = e & 1023
-    w = time_w.detach().to(dtype).view(torch.int16).to(torch.int64) & 0xFFFF
+    w = (time_w.detach().to(dtype) * scale).view(torch.int16).to(torch.int64) & 0xFFFF
     hi = (w[(b + 1).clamp(max=num_time_buckets - 1)] << 16) | w[b]
     return ((hi << 32) | (e >> 10)).contiguous()
 
 
-def pos_tiles(pos_w: torch.Tensor, max_seq_len: int, block_m: int, block_n: int, dtype: torch.dtype):
+def pos_tiles(pos_w: torch.Tensor, max_seq_len: int, block_m: int, block_n: int, dtype: torch.dtype,
+              scale: float = 1.0):
     """Position bias of every (BLOCK_M x BLOCK_N) tile the per-sequence kernel can meet, so it loads
     it with coalesced vector loads instead of a gather per pair.  A tile's bias depends only on
     delta = q0 - j0 (a multiple of BLOCK_N, >= BLOCK_N - BLOCK_M):
 
         tiles[d, i, j] = pos_w[clamp(delta_d + i - j, 0, max_seq_len - 1)],  delta_d = d * BLOCK_N - (BLOCK_M - BLOCK_N)
 
-    and from d = n_tiles - 1 on every entry is pos_w[max_seq_len - 1] (the kernel clamps d there).
+    and from d = n_tiles - 1 on every entry is pos_w[max_seq_len - 1] (the kernel clamps d there),
+    times ``scale`` (0.5 for the kernel's fast SiLU: exact, a power of two).
     Returns ((n_tiles * BLOCK_M, BLOCK_N) tensor of ``dtype``, n_tiles)."""
     n = -(-(max_seq_len + block_m - 2) // block_n) + 1
     dev = pos_w.device
     d = torch.arange(n, device=dev)[:, None, None] * block_n - (block_m - block_n)
     rel = d + torch.arange(block_m, device=dev)[None, :, None] - torch.arange(block_n, device=dev)[None, None, :]
-    return pos_w.detach().to(dtype)[rel.clamp(0, max_seq_len - 1)].reshape(n * block_m, block_n).contiguous(), n
+    w = pos_w.detach().to(dtype) * scale
+    return w[rel.clamp(0, max_seq_len - 1)].reshape(n * block_m, block_n).contiguous(), n
 
 
 _TABLES_CACHE: dict = {}
@@ -383,10 +387,14 @@ if _HAVE_TRITON:
         tl.store(Out + offs, _time_bucket_tl(dt, Thr, num_tb, log2_scale), mask=m)
 
     @triton.jit
-    def _tanh_half(x):
-        # tanh(x / 2) on the MUFU tanh unit (approximate: half precision only)
-        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x * 0.5],
+    def _tanh_approx(x):
+        # tanh(x) on the MUFU tanh unit (approximate: half precision only)
+        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x],
                                          dtype=tl.float32, is_pure=True, pack=1)
+
+    @triton.jit
+    def _tanh_half(x):
+        return _tanh_approx(x * 0.5)
 
     @triton.jit
     def _fast_silu(x):
@@ -617,15 +625,22 @@ if _HAVE_TRITON:
 
     @triton.jit
     def _silu_pv(acc, q, kb, vb, bias, vis, inv_n, DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
-        """acc += (SiLU(q kb^T + bias) / n [masked by ``vis`` on a diagonal tile]) @ vb."""
+        """acc += (SiLU(q kb^T + bias) / n [masked by ``vis`` on a diagonal tile]) @ vb.
+
+        FAST_SILU: the bias tables come halved (``bias`` = bias / 2, exact: a power of two) and the
+        1 / n is left to the store (``_store_heads``'s ``scale``): h = (q k^T + bias) / 2 is one
+        FMA and SiLU(2h) = 2h (1 + tanh(h)) / 2 = h tanh(h) + h one MUFU op and one FMA, where
+        s (1 + tanh(s / 2)) / (2 n) took three besides the MUFU one (docs/perf.md, exploration R).
+        P is then rounded to 16 bits before the 1 / n, not after."""
         if IEEE:
             s = tl.dot(q, tl.trans(kb), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(kb))
-        s = s + bias
-        if FAST_SILU:   # SiLU(s) / n = s * (tanh(s/2) * n/2 + n/2), n folded into the FMA
-            a = s * (_tanh_half(s) * (0.5 * inv_n) + 0.5 * inv_n)
+        if FAST_SILU:
+            s = s * 0.5 + bias
+            a = s * _tanh_approx(s) + s
         else:
+            s = s + bias
             a = s * tl.sigmoid(s) * inv_n
         if DIAG:
             a = tl.where(vis, a, 0.0)
@@ -650,16 +665,16 @@ if _HAVE_TRITON:
         return w.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
 
     @triton.jit
-    def _store_heads(Out, orow64, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, HG: tl.constexpr,
+    def _store_heads(Out, orow64, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, scale, HG: tl.constexpr,
                      V_DIM: tl.constexpr):
-        """Store the accumulators of heads h0 .. h0 + HG - 1."""
-        _store_o(Out, orow64, q_ok, h0, stride_oh, dv, acc0, V_DIM)
+        """Store the accumulators of heads h0 .. h0 + HG - 1, times ``scale``."""
+        _store_o(Out, orow64, q_ok, h0, stride_oh, dv, acc0 * scale, V_DIM)
         if HG > 1:
-            _store_o(Out, orow64, q_ok, h0 + 1, stride_oh, dv, acc1, V_DIM)
+            _store_o(Out, orow64, q_ok, h0 + 1, stride_oh, dv, acc1 * scale, V_DIM)
         if HG > 2:
-            _store_o(Out, orow64, q_ok, h0 + 2, stride_oh, dv, acc2, V_DIM)
+            _store_o(Out, orow64, q_ok, h0 + 2, stride_oh, dv, acc2 * scale, V_DIM)
         if HG > 3:
-            _store_o(Out, orow64, q_ok, h0 + 3, stride_oh, dv, acc3, V_DIM)
+            _store_o(Out, orow64, q_ok, h0 + 3, stride_oh, dv, acc3 * scale, V_DIM)
 
     @triton.jit
     def _tile_entry(Tiles, pid, n_grid):
@@ -783,7 +798,9 @@ if _HAVE_TRITON:
                 safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, True, IEEE, FAST_SILU, LUT_W,
                 W_BF16, LUT_BASE)
-        _store_heads(Out, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, HG, V_DIM)
+        out_scale = inv_n if FAST_SILU else 1.0          # _silu_pv: FAST_SILU leaves 1 / n to the store
+        _store_heads(Out, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, out_scale,
+                     HG, V_DIM)
 
 
 def lut_time_bucket(dt: torch.Tensor, num_time_buckets: int) -> torch.Tensor:
@@ -903,11 +920,15 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
     tiles = _seq_tiles(offsets, ts_s, T, bm, bn)
     G = tiles.shape[1]
     bdt = tw.dtype
-    pos_t, n_pos = _cached("pos", pos_w, (max_seq_len, bm, bn, bdt),
-                           lambda: pos_tiles(pos_w, max_seq_len, bm, bn, bdt))
+    fast = q.dtype != torch.float32 and not _dispatch.interpreting() and fast_silu
+    sc = 0.5 if fast else 1.0     # the fast SiLU takes the bias halved (_silu_pv)
+    pos_t, n_pos = _cached("pos", pos_w, (max_seq_len, bm, bn, bdt, sc),
+                           lambda: pos_tiles(pos_w, max_seq_len, bm, bn, bdt, sc))
     lut_w = lut_buckets and bdt != torch.float32 and num_time_buckets <= LUT_MAX_BUCKETS
-    lut = _cached("lut", time_w, (num_time_buckets, bdt), lambda: folded_lut(time_w, num_time_buckets, bdt)) \
+    lut = _cached("lut", time_w, (num_time_buckets, bdt, sc), lambda: folded_lut(time_w, num_time_buckets, bdt, sc)) \
         if lut_w else thr
+    if fast:
+        tw = _cached("half", time_w, (bdt,), lambda: tw * 0.5)
     global LAST_COMPILED, LAST_LAUNCH
     LAST_LAUNCH = {"kernel": "seq", "grid": (G, H // hg), "block_m": bm, "block_n": bn, "heads": hg,
                    "num_warps": num_warps or cfg["num_warps"], "num_stages": num_stages or cfg["num_stages"]}
@@ -919,8 +940,7 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
         HG=hg, QK_DIM=qk_dim, V_DIM=v_dim,
         BLOCK_DQ=max(16, triton.next_power_of_2(qk_dim)), BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
-        FAST_SILU=(q.dtype != torch.float32 and not _dispatch.interpreting() and fast_silu),
-        LUT_W=lut_w, W_BF16=(bdt == torch.bfloat16), LUT_BASE=LUT_BASE,
+        FAST_SILU=fast, LUT_W=lut_w, W_BF16=(bdt == torch.bfloat16), LUT_BASE=LUT_BASE,
         num_warps=LAST_LAUNCH["num_warps"], num_stages=LAST_LAUNCH["num_stages"],
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )

@@ -40,8 +40,10 @@ def test_hstu_attention_gpu(dtype, B, max_len, H, qk, vd):
     (40, 77, 2, (64, 32, 1, 3), "one"), (16, 1024, 4, (64, 16, 2, 3), "ws"), (40, 77, 2, (64, 32, 1, 3), "ws"),
     (16, 1024, 4, (64, 32, 4, 3), "split"), (40, 77, 2, (64, 32, 2, 2), "split")])
 def test_gluon_experiment_matches_the_op_gpu(B, max_len, H, cfg, variant):
-    """bench/attention_gluon_experiment.py computes what the op computes (same tables, same SiLU): one
-    warpgroup, warp-specialised, and two warpgroups splitting each tile by columns."""
+    """bench/attention_gluon_experiment.py computes what the op computes (same tables): one warpgroup,
+    warp-specialised, and two warpgroups splitting each tile by columns. The op's SiLU rounds P to
+    bf16 before the 1 / n and the experiment's after it, so the two differ by bf16 rounding (each is
+    ~2.4e-3 from float64 here), not bit for bit."""
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -53,7 +55,7 @@ def test_gluon_experiment_matches_the_op_gpu(B, max_len, H, cfg, variant):
     bm, bn, hg, st = cfg
     out = attention_gluon(**a, block_m=bm, block_n=bn, heads=hg, stages=st, ws=variant == "ws",
                           warpgroups=2 if variant == "split" else 1)
-    assert rel_err(out, ha.hstu_attention_triton(**a)) < 2e-3
+    assert rel_err(out, ha.hstu_attention_triton(**a)) < 5e-3
     ref = ha.hstu_attention_reference(
         a["q"].double(), a["k"].double(), a["v"].double(), a["offsets"], a["ts_s"],
         a["pos_w"].double(), a["time_w"].double(), a["attn_n"], a["num_time_buckets"], a["max_seq_len"])
@@ -102,13 +104,14 @@ def test_hstu_attention_q_offsets_gpu(dtype, B, max_len, H, qk, vd, lq, fixed):
 
 def test_hstu_attention_q_offsets_full_equals_plain_gpu():
     """q_offsets == offsets (every row a query) goes through the q_offsets code path and must
-    agree with the plain op; the plain op itself must be unchanged (bitwise, same config)."""
+    agree with the plain op up to bf16 rounding (the per-sequence kernel rounds P before the 1 / n,
+    the block kernel after it); the plain op itself must be unchanged (bitwise, same config)."""
     from kernels import hstu_attention as ha
     from kernels.testing import random_jagged_attention_inputs, rel_err
     a = random_jagged_attention_inputs(16, 300, 2, 64, 64, dtype=torch.bfloat16, device="cuda", seed=3, scale=0.5)
     plain = ha.hstu_attention_triton(**a)
     assert torch.equal(plain, ha.hstu_attention_triton(**a, q_offsets=a["offsets"]))   # same object: plain path
-    assert rel_err(ha.hstu_attention_triton(**a, q_offsets=a["offsets"].clone()), plain) < 1e-3
+    assert rel_err(ha.hstu_attention_triton(**a, q_offsets=a["offsets"].clone()), plain) < 5e-3
 
 
 def test_time_bucket_matches_on_gpu():

@@ -125,6 +125,9 @@ def test_pos_tiles_cover_every_tile(interp, bm, bn, P):
             want = pos_w[rel.clamp(0, P - 1)]
             got = tiles[d * bm:(d + 1) * bm]
             assert torch.equal(got[rel >= 0], want[rel >= 0]), (q0, j0)
+    # the halved tiles of the fast SiLU (_silu_pv), in bf16: exactly half
+    t16, _ = ha.pos_tiles(pos_w, P, bm, bn, torch.bfloat16)
+    assert torch.equal(ha.pos_tiles(pos_w, P, bm, bn, torch.bfloat16, 0.5)[0].float(), t16.float() * 0.5)
 
 
 @pytest.mark.parametrize("bm,align", [(64, 16), (64, 32), (32, 16), (16, 16), (64, 0)])
@@ -169,13 +172,16 @@ def test_folded_lut_gives_the_time_weight(interp, dtype, nb):
     dt = torch.cat([torch.arange(-(1 << 16), 1 << 16), edges - 1, edges, edges + 1, torch.tensor([2**31 - 1]),
                     torch.randint(-(2**31 - 1), 2**31 - 1, (50_000,), generator=torch.Generator().manual_seed(nb))])
     time_w = torch.randn(nb)
-    lut = ha.folded_lut(time_w, nb, dtype)
     xb = dt.abs().clamp(min=1).to(torch.float32).view(torch.int32).long()
-    e = lut[(xb >> ha.LUT_SHIFT) - ha.LUT_BASE]
-    up = (xb & ha.LUT_LOW) > (e & 0xFFFFFFFF)
-    bits = torch.where(up, (e >> 48) & 0xFFFF, (e >> 32) & 0xFFFF)
-    got = bits.to(torch.int16).view(dtype)
+
+    def decode(lut):
+        e = lut[(xb >> ha.LUT_SHIFT) - ha.LUT_BASE]
+        up = (xb & ha.LUT_LOW) > (e & 0xFFFFFFFF)
+        return torch.where(up, (e >> 48) & 0xFFFF, (e >> 32) & 0xFFFF).to(torch.int16).view(dtype)
+    got = decode(ha.folded_lut(time_w, nb, dtype))
     assert torch.equal(got, time_w.to(dtype)[ha.time_bucket(dt, nb)])
+    # the halved table of the fast SiLU (_silu_pv): exactly half of every weight
+    assert torch.equal(decode(ha.folded_lut(time_w, nb, dtype, 0.5)).float(), got.float() * 0.5)
 
 
 def test_16bit_bias_tables_and_their_cache(interp):
