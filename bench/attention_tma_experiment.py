@@ -144,7 +144,8 @@ def attention_tma(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_bucket
     thr = ha.bucket_thresholds(num_time_buckets, q.device)
     lut = ha._cached("lut", time_w, (num_time_buckets, bdt, sc),
                      lambda: ha.folded_lut(time_w, num_time_buckets, bdt, sc)) if bdt != torch.float32 else thr
-    tw = ha._bias_table(time_w, q.dtype) * sc
+    tw = ha._bias_table(time_w, q.dtype)
+    tw = ha._half_table(time_w, tw) if fast else tw
     tiles = ha._seq_tiles(offsets, ts_s, T, bm)
     G = tiles.shape[1]
     out = torch.empty(T, H, DV, dtype=v.dtype, device=v.device)

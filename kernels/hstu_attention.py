@@ -357,6 +357,12 @@ def _bias_table(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return w if w.dtype == bdt else _cached("cast", w, (bdt,), lambda: w.detach().to(bdt))
 
 
+def _half_table(w: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``table`` (``w`` in the bias dtype) halved, for the kernels' fast SiLU (exact: a power of
+    two), kept per weight tensor (:func:`_cached`)."""
+    return _cached("half", w, (table.dtype,), lambda: table * 0.5)
+
+
 _THR_CACHE: dict = {}
 LAST_COMPILED = None  # diagnostics: the last launched compiled kernel (n_regs, n_spills)
 LAST_LAUNCH: dict = {}  # diagnostics: grid, key splits and block sizes of the last launch
@@ -393,15 +399,6 @@ if _HAVE_TRITON:
                                          dtype=tl.float32, is_pure=True, pack=1)
 
     @triton.jit
-    def _tanh_half(x):
-        return _tanh_approx(x * 0.5)
-
-    @triton.jit
-    def _fast_silu(x):
-        # x * sigmoid(x) with sigmoid = 0.5 * tanh(0.5 x) + 0.5
-        return x * (0.5 * _tanh_half(x) + 0.5)
-
-    @triton.jit
     def _load_kv(K, V, TS, j0, k_hi, T, hh, h_ok, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh,
                  QK_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
         cols = j0 + tl.arange(0, BLOCK_N)
@@ -420,17 +417,19 @@ if _HAVE_TRITON:
     @triton.jit
     def _tile_accumulate(acc, q, kb, vt, bias, cols, start, rows, row_ok, inv_n,
                          IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
-        """acc += (SiLU(q k^T + bias) / n, causal and same-sequence masked) @ v for one key tile."""
+        """acc += (SiLU(q k^T + bias) / n, causal and same-sequence masked) @ v for one key tile
+        (FAST_SILU: halved bias, 1 / n left to the store, as in _silu_pv)."""
         vis = (cols[None, :] >= start[:, None]) & (cols[None, :] <= rows[:, None]) & row_ok[:, None]
         kt = tl.permute(kb, (0, 2, 1))                                              # (HP, DQ, BN)
         if IEEE:
             s = tl.dot(q, kt, input_precision="ieee")
         else:
             s = tl.dot(q, kt)
-        s = s + bias[None, :, :]
         if FAST_SILU:
-            a = _fast_silu(s) * inv_n
+            s = s * 0.5 + bias[None, :, :]
+            a = s * _tanh_approx(s) + s
         else:
+            s = s + bias[None, :, :]
             a = s * tl.sigmoid(s) * inv_n
         a = tl.where(vis[None, :, :], a, 0.0)
         if IEEE:
@@ -542,6 +541,8 @@ if _HAVE_TRITON:
         o_base = Out
         if SPLIT:
             o_base = Out + tl.program_id(1).to(tl.int64) * stride_os
+        if FAST_SILU:   # _tile_accumulate leaves 1 / n to the store
+            acc = acc * inv_n
         tl.store(o_base + hh[:, None, None] * stride_oh + r64[None, :, None] * stride_ot + dv[None, None, :],
                  acc.to(Out.dtype.element_ty),
                  mask=h_ok[:, None, None] & row_ok[None, :, None] & (dv[None, None, :] < V_DIM))
@@ -928,7 +929,7 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
     lut = _cached("lut", time_w, (num_time_buckets, bdt, sc), lambda: folded_lut(time_w, num_time_buckets, bdt, sc)) \
         if lut_w else thr
     if fast:
-        tw = _cached("half", time_w, (bdt,), lambda: tw * 0.5)
+        tw = _half_table(time_w, tw)
     global LAST_COMPILED, LAST_LAUNCH
     LAST_LAUNCH = {"kernel": "seq", "grid": (G, H // hg), "block_m": bm, "block_n": bn, "heads": hg,
                    "num_warps": num_warps or cfg["num_warps"], "num_stages": num_stages or cfg["num_stages"]}
@@ -1046,13 +1047,16 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     else:
         splits = _pick_splits(T, Tq, bm, bn, q.device)
     n_search = offsets.numel() - 1  # valid sequence indices are 0 .. B-1
-    interp = _dispatch.interpreting()
+    fast = q.dtype != torch.float32 and not _dispatch.interpreting() and fast_silu
+    pw = _bias_table(pos_w, q.dtype)
+    if fast:   # the fast SiLU takes the bias halved (_tile_accumulate)
+        pw, tw = _half_table(pos_w, pw), _half_table(time_w, tw)
     dst = out if splits == 1 else torch.empty(splits, Tq, H, v_dim, dtype=torch.float32, device=v.device)
     grid = (triton.cdiv(Tq, bm), splits)
     global LAST_COMPILED, LAST_LAUNCH
     LAST_LAUNCH = {"grid": grid, "splits": splits, "block_m": bm, "block_n": bn, "num_warps": nw, "num_stages": ns}
     LAST_COMPILED = _hstu_attn_fwd[grid](
-        q, k, v, dst, offsets, q_offs, ts_s, _bias_table(pos_w, q.dtype), tw, thr,
+        q, k, v, dst, offsets, q_offs, ts_s, pw, tw, thr,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         dst.stride(-3), dst.stride(-2), dst.stride(0) if splits > 1 else 0,
         T, Tq, n_search, max(1, int(n_search).bit_length()), max_seq_len, num_time_buckets,
@@ -1061,8 +1065,7 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
         BLOCK_DQ=max(16, triton.next_power_of_2(qk_dim)),
         BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
-        FAST_SILU=(q.dtype != torch.float32 and not interp and fast_silu),
-        HAS_QOFF=has_q, SPLIT=splits > 1,
+        FAST_SILU=fast, HAS_QOFF=has_q, SPLIT=splits > 1,
         num_warps=nw, num_stages=ns,
     )
     if splits > 1:

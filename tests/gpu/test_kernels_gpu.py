@@ -104,14 +104,13 @@ def test_hstu_attention_q_offsets_gpu(dtype, B, max_len, H, qk, vd, lq, fixed):
 
 def test_hstu_attention_q_offsets_full_equals_plain_gpu():
     """q_offsets == offsets (every row a query) goes through the q_offsets code path and must
-    agree with the plain op up to bf16 rounding (the per-sequence kernel rounds P before the 1 / n,
-    the block kernel after it); the plain op itself must be unchanged (bitwise, same config)."""
+    agree with the plain op; the plain op itself must be unchanged (bitwise, same config)."""
     from kernels import hstu_attention as ha
     from kernels.testing import random_jagged_attention_inputs, rel_err
     a = random_jagged_attention_inputs(16, 300, 2, 64, 64, dtype=torch.bfloat16, device="cuda", seed=3, scale=0.5)
     plain = ha.hstu_attention_triton(**a)
     assert torch.equal(plain, ha.hstu_attention_triton(**a, q_offsets=a["offsets"]))   # same object: plain path
-    assert rel_err(ha.hstu_attention_triton(**a, q_offsets=a["offsets"].clone()), plain) < 5e-3
+    assert rel_err(ha.hstu_attention_triton(**a, q_offsets=a["offsets"].clone()), plain) < 1e-3
 
 
 def test_time_bucket_matches_on_gpu():
