@@ -908,7 +908,8 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
                    block_m=None, block_n=None, num_warps=None, num_stages=None, heads=None, fast_silu=True,
                    lut_buckets=True, maxnreg=None):
     """Launch the per-sequence kernel (every row a query).  ``tw`` = ``time_w`` in the bias dtype;
-    the derived tables are kept per ``pos_w`` / ``time_w`` (the caller's tensors)."""
+    the derived tables are kept per ``pos_w`` / ``time_w`` (the caller's tensors).  ``fast_silu``:
+    the caller's decision (hstu_attention_triton), taken as is."""
     T, H, qk_dim = q.shape
     v_dim = v.shape[-1]
     cfg = seq_config(H, qk_dim, v_dim, q.dtype)
@@ -921,14 +922,13 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
     tiles = _seq_tiles(offsets, ts_s, T, bm, bn)
     G = tiles.shape[1]
     bdt = tw.dtype
-    fast = q.dtype != torch.float32 and not _dispatch.interpreting() and fast_silu
-    sc = 0.5 if fast else 1.0     # the fast SiLU takes the bias halved (_silu_pv)
+    sc = 0.5 if fast_silu else 1.0     # the fast SiLU takes the bias halved (_silu_pv)
     pos_t, n_pos = _cached("pos", pos_w, (max_seq_len, bm, bn, bdt, sc),
                            lambda: pos_tiles(pos_w, max_seq_len, bm, bn, bdt, sc))
     lut_w = lut_buckets and bdt != torch.float32 and num_time_buckets <= LUT_MAX_BUCKETS
     lut = _cached("lut", time_w, (num_time_buckets, bdt, sc), lambda: folded_lut(time_w, num_time_buckets, bdt, sc)) \
         if lut_w else thr
-    if fast:
+    if fast_silu:
         tw = _half_table(time_w, tw)
     global LAST_COMPILED, LAST_LAUNCH
     LAST_LAUNCH = {"kernel": "seq", "grid": (G, H // hg), "block_m": bm, "block_n": bn, "heads": hg,
@@ -941,7 +941,7 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
         HG=hg, QK_DIM=qk_dim, V_DIM=v_dim,
         BLOCK_DQ=max(16, triton.next_power_of_2(qk_dim)), BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
-        FAST_SILU=fast, LUT_W=lut_w, W_BF16=(bdt == torch.bfloat16), LUT_BASE=LUT_BASE,
+        FAST_SILU=fast_silu, LUT_W=lut_w, W_BF16=(bdt == torch.bfloat16), LUT_BASE=LUT_BASE,
         num_warps=LAST_LAUNCH["num_warps"], num_stages=LAST_LAUNCH["num_stages"],
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )
@@ -1028,9 +1028,12 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     time_w = time_w.contiguous()
     tw = _bias_table(time_w, q.dtype)
     thr = bucket_thresholds(num_time_buckets, q.device)
+    # the fast SiLU (16-bit inputs; not under the interpreter, which has no inline asm) takes the
+    # bias tables halved and leaves 1 / n to the store (_silu_pv, _tile_accumulate)
+    fast = q.dtype != torch.float32 and not _dispatch.interpreting() and fast_silu
     if not has_q and kernel in ("auto", "seq"):
         return _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, num_time_buckets,
-                              max_seq_len, block_m, block_n, num_warps, num_stages, heads, fast_silu, lut_buckets,
+                              max_seq_len, block_m, block_n, num_warps, num_stages, heads, fast, lut_buckets,
                               maxnreg)
     B = offsets.shape[0] - 1
     cfg = default_config(T, H, qk_dim, v_dim, q.dtype, q_rows=Tq, num_seqs=B) if has_q else \
@@ -1047,9 +1050,8 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     else:
         splits = _pick_splits(T, Tq, bm, bn, q.device)
     n_search = offsets.numel() - 1  # valid sequence indices are 0 .. B-1
-    fast = q.dtype != torch.float32 and not _dispatch.interpreting() and fast_silu
     pw = _bias_table(pos_w, q.dtype)
-    if fast:   # the fast SiLU takes the bias halved (_tile_accumulate)
+    if fast:
         pw, tw = _half_table(pos_w, pw), _half_table(time_w, tw)
     dst = out if splits == 1 else torch.empty(splits, Tq, H, v_dim, dtype=torch.float32, device=v.device)
     grid = (triton.cdiv(Tq, bm), splits)
