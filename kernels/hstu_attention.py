@@ -650,14 +650,24 @@ if _HAVE_TRITON:
         return tl.dot(a.to(vb.dtype), vb, acc)
 
     @triton.jit
-    def _folded_time_weight(ts_q, ts_k, Lut, W_BF16: tl.constexpr, LUT_BASE: tl.constexpr):
+    def _folded_time_weight(ts_q, ts_k, Lut, W_BF16: tl.constexpr, LUT_BASE: tl.constexpr,
+                            ASM_GATHER: tl.constexpr = False):
         """time_w[bucket(ts_q - ts_k)] as a float32 (len(ts_q), len(ts_k)) tile from the folded LUT,
         for a sequence whose time span is < 2^31 s (the low words' difference is exact): the LUT
         cell of float32(|dt|)'s bits holds the cell's threshold and the two weights around it
-        (folded_lut): one gather, one compare."""
+        (folded_lut): one gather, one compare.
+
+        ASM_GATHER: the gather is an inline-asm ``ld.global.nc``, which Triton treats as an
+        elementwise op, not as a load it lays out for coalescing: the tile is then computed in the
+        layout of the position tile it is added to, one layout conversion (shared memory and a
+        barrier) less per key tile (docs/perf.md, exploration S)."""
         x = tl.maximum(tl.abs(ts_q.to(tl.int32)[:, None] - ts_k.to(tl.int32)[None, :]), 1)
         xb = x.to(tl.float32).to(tl.int32, bitcast=True)
-        e = tl.load(Lut + ((xb >> 21) - LUT_BASE))
+        if ASM_GATHER:
+            e = tl.inline_asm_elementwise("ld.global.nc.b64 $0, [$1];", "=l,l", [Lut + ((xb >> 21) - LUT_BASE)],
+                                          dtype=tl.int64, is_pure=True, pack=1)
+        else:
+            e = tl.load(Lut + ((xb >> 21) - LUT_BASE))
         up = (xb & 2097151) > e.to(tl.int32)
         hi = (e >> 32).to(tl.int32)
         if W_BF16:
@@ -701,7 +711,7 @@ if _HAVE_TRITON:
                   num_tb, inv_n, log2_scale, ts_k, pos_b, HG: tl.constexpr, QK_DIM: tl.constexpr,
                   V_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr,
                   IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_W: tl.constexpr, W_BF16: tl.constexpr,
-                  LUT_BASE: tl.constexpr):
+                  LUT_BASE: tl.constexpr, ASM_GATHER: tl.constexpr):
         """One key tile for the program's HG heads; the relative bias is computed once for all of them.
         ``ts_k`` and ``pos_b`` (its key timestamps and position tile, _tile_bias_loads) were loaded
         one tile ahead; the next tile's are loaded here first and returned with the accumulators."""
@@ -711,7 +721,7 @@ if _HAVE_TRITON:
         vis = qpos[:, None] >= kpos[None, :]
         bias = pos_b.to(tl.float32)
         if LUT_W and safe != 0:     # every |dt| of the sequence is < 2^31 (``safe``, from the tile table)
-            bias += _folded_time_weight(ts_q, ts_k, Lut, W_BF16, LUT_BASE)
+            bias += _folded_time_weight(ts_q, ts_k, Lut, W_BF16, LUT_BASE, ASM_GATHER)
         else:
             bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
             bias += tl.load(TimeW + bkt).to(tl.float32)
@@ -747,7 +757,7 @@ if _HAVE_TRITON:
         HG: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
         BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_W: tl.constexpr, W_BF16: tl.constexpr,
-        LUT_BASE: tl.constexpr,
+        LUT_BASE: tl.constexpr, ASM_GATHER: tl.constexpr,
     ):
         # One program = one query tile of ONE sequence (rows q0 .. q0+BLOCK_M-1 of it, q0 < 0 on the
         # first tile: _seq_tiles aligns the tiles to the sequence end) x HG heads
@@ -761,6 +771,9 @@ if _HAVE_TRITON:
         pid = tl.program_id(0)
         h0 = tl.program_id(1) * HG
         s, L, q0, safe = _tile_entry(Tiles, pid, n_grid)
+        if HG <= 2:     # a spare column of the table (the grid is an upper bound): nothing to do.  Not
+            if L == 0:  # with 3-4 heads, whose register allocation it upsets (exploration S)
+                return
         qpos = q0 + tl.arange(0, BLOCK_M)                 # q0 < 0 on a sequence's first tile
         q_ok = (qpos >= 0) & (qpos < L)
         qrow = s + tl.minimum(tl.maximum(qpos, 0), tl.maximum(L - 1, 0))
@@ -792,13 +805,13 @@ if _HAVE_TRITON:
                 acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
                 safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, False, IEEE, FAST_SILU, LUT_W,
-                W_BF16, LUT_BASE)
+                W_BF16, LUT_BASE, ASM_GATHER)
         for j0 in range(q_end, tl.minimum(q0 + BLOCK_M, L), BLOCK_N):   # the diagonal tiles
             acc0, acc1, acc2, acc3, ts_k, pos_b = _seq_tile(
                 acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
                 safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, True, IEEE, FAST_SILU, LUT_W,
-                W_BF16, LUT_BASE)
+                W_BF16, LUT_BASE, ASM_GATHER)
         out_scale = inv_n if FAST_SILU else 1.0          # _silu_pv: FAST_SILU leaves 1 / n to the store
         _store_heads(Out, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, out_scale,
                      HG, V_DIM)
@@ -942,6 +955,7 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
         BLOCK_DQ=max(16, triton.next_power_of_2(qk_dim)), BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
         FAST_SILU=fast_silu, LUT_W=lut_w, W_BF16=(bdt == torch.bfloat16), LUT_BASE=LUT_BASE,
+        ASM_GATHER=lut_w and hg <= 2 and not _dispatch.interpreting(),   # with 3-4 heads it spills (exploration S)
         num_warps=LAST_LAUNCH["num_warps"], num_stages=LAST_LAUNCH["num_stages"],
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )
