@@ -752,7 +752,8 @@ if _HAVE_TRITON:
     @triton.jit
     def _hstu_attn_seq_fwd(
         Q, K, V, Out, Tiles, TS, PosT, TimeW, Thr, Lut,
-        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+        stride_qt: tl.constexpr, stride_qh: tl.constexpr, stride_kt: tl.constexpr, stride_kh: tl.constexpr,
+        stride_vt: tl.constexpr, stride_vh: tl.constexpr, stride_ot: tl.constexpr, stride_oh: tl.constexpr,
         n_grid, n_pos_tiles, num_tb, inv_n, log2_scale,
         HG: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
         BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -768,12 +769,14 @@ if _HAVE_TRITON:
         # relative bias of a tile is computed once and shared by the group's heads: its position
         # part is a precomputed tile (PosT, pos_tiles), its time part one gather from the folded
         # LUT (16-bit inputs, sequences spanning < 2^31 s) or the log path (_time_bucket_tl).
+        # The strides are compile-time constants (one compile per memory layout of q, k, v and
+        # out: in practice one per model), so the HG heads' addresses share registers and differ
+        # by immediates: the 4-head config spills less (docs/perf.md, exploration T).
         pid = tl.program_id(0)
         h0 = tl.program_id(1) * HG
         s, L, q0, safe = _tile_entry(Tiles, pid, n_grid)
-        if HG <= 2:     # a spare column of the table (the grid is an upper bound): nothing to do.  Not
-            if L == 0:  # with 3-4 heads, whose register allocation it upsets (exploration S)
-                return
+        if L == 0:      # a spare column of the table (the grid is an upper bound): nothing to do
+            return
         qpos = q0 + tl.arange(0, BLOCK_M)                 # q0 < 0 on a sequence's first tile
         q_ok = (qpos >= 0) & (qpos < L)
         qrow = s + tl.minimum(tl.maximum(qpos, 0), tl.maximum(L - 1, 0))
@@ -955,7 +958,7 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
         BLOCK_DQ=max(16, triton.next_power_of_2(qk_dim)), BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
         FAST_SILU=fast_silu, LUT_W=lut_w, W_BF16=(bdt == torch.bfloat16), LUT_BASE=LUT_BASE,
-        ASM_GATHER=lut_w and hg <= 2 and not _dispatch.interpreting(),   # with 3-4 heads it spills (exploration S)
+        ASM_GATHER=lut_w and not _dispatch.interpreting(),
         num_warps=LAST_LAUNCH["num_warps"], num_stages=LAST_LAUNCH["num_stages"],
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )
