@@ -420,10 +420,9 @@ def attention_gluon(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_buck
     ts_s = ts_s.to(torch.int64).contiguous()
     tiles = ha._seq_tiles(offsets, ts_s, T, block_m)
     assert not check or bool(((tiles[3] != 0) | (tiles[1] == 0)).all()), "a sequence spans >= 2^31 s: only the LUT path is here"
-    bdt = torch.bfloat16
-    pos_t, n_pos = ha._cached("pos", pos_w, (max_seq_len, block_m, block_n, bdt),
-                              lambda: ha.pos_tiles(pos_w, max_seq_len, block_m, block_n, bdt))
-    lut = ha._cached("lut", time_w, (num_time_buckets, bdt), lambda: ha.folded_lut(time_w, num_time_buckets, bdt))
+    # the op's tables, not halved: this kernel keeps the previous SiLU (s (1 + tanh(s / 2)) / (2 n))
+    pos_t, n_pos, lut, _, _ = ha._seq_bias_tables(pos_w, time_w, ha._bias_table(time_w, torch.bfloat16), None,
+                                                  max_seq_len, num_time_buckets, block_m, block_n, fast=False)
     out = torch.empty(T, H, 64, dtype=v.dtype, device=v.device)
     G = tiles.shape[1]
     if ws:

@@ -135,17 +135,11 @@ def attention_tma(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_bucket
     """bias: 2 = the full relative bias, 1 = position only, 0 = none (timing experiments)."""
     T, H, D = q.shape
     DV = v.shape[-1]
-    bdt = ha.bias_dtype(q.dtype)
-    fast = q.dtype != torch.float32 and not ha._dispatch.interpreting()
-    sc = 0.5 if fast else 1.0     # the op's fast SiLU (_silu_pv) takes the bias halved
-    # the weight-derived tables are kept per weight tensor, as the production kernel keeps them
-    pt, nd = ha._cached("pos", pos_w, (max_seq_len, bm, bn, bdt, sc),
-                        lambda: ha.pos_tiles(pos_w, max_seq_len, bm, bn, bdt, sc))
+    fast = q.dtype != torch.float32 and not ha._dispatch.interpreting()   # the op's fast SiLU (_silu_pv)
     thr = ha.bucket_thresholds(num_time_buckets, q.device)
-    lut = ha._cached("lut", time_w, (num_time_buckets, bdt, sc),
-                     lambda: ha.folded_lut(time_w, num_time_buckets, bdt, sc)) if bdt != torch.float32 else thr
-    tw = ha._bias_table(time_w, q.dtype)
-    tw = ha._half_table(time_w, tw) if fast else tw
+    # the weight-derived tables, kept per weight tensor, as the op keeps them
+    pt, nd, lut, _, tw = ha._seq_bias_tables(pos_w, time_w, ha._bias_table(time_w, q.dtype), thr, max_seq_len,
+                                             num_time_buckets, bm, bn, fast)
     tiles = ha._seq_tiles(offsets, ts_s, T, bm)
     G = tiles.shape[1]
     out = torch.empty(T, H, DV, dtype=v.dtype, device=v.device)

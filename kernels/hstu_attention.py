@@ -363,6 +363,23 @@ def _half_table(w: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return _cached("half", w, (table.dtype,), lambda: table * 0.5)
 
 
+def _seq_bias_tables(pos_w, time_w, tw, thr, max_seq_len: int, num_time_buckets: int, block_m: int,
+                     block_n: int, fast: bool, lut_buckets: bool = True):
+    """The per-sequence kernels' tables derived from the bias weights, kept per weight tensor
+    (:func:`_cached`): the position tiles, the folded LUT when it applies (16-bit tables, at most
+    LUT_MAX_BUCKETS buckets, ``lut_buckets``; else ``thr``, the log path's thresholds) and ``tw``
+    (``time_w`` in the bias dtype), all halved for the fast SiLU (``fast``; exact, a power of two).
+    Returns (pos_tiles, n_pos_tiles, lut or thr, whether it is the LUT, tw)."""
+    bdt = tw.dtype
+    sc = 0.5 if fast else 1.0
+    pos_t, n_pos = _cached("pos", pos_w, (max_seq_len, block_m, block_n, bdt, sc),
+                           lambda: pos_tiles(pos_w, max_seq_len, block_m, block_n, bdt, sc))
+    lut_w = lut_buckets and bdt != torch.float32 and num_time_buckets <= LUT_MAX_BUCKETS
+    lut = _cached("lut", time_w, (num_time_buckets, bdt, sc),
+                  lambda: folded_lut(time_w, num_time_buckets, bdt, sc)) if lut_w else thr
+    return pos_t, n_pos, lut, lut_w, (_half_table(time_w, tw) if fast else tw)
+
+
 _THR_CACHE: dict = {}
 LAST_COMPILED = None  # diagnostics: the last launched compiled kernel (n_regs, n_spills)
 LAST_LAUNCH: dict = {}  # diagnostics: grid, key splits and block sizes of the last launch
@@ -938,14 +955,8 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
     tiles = _seq_tiles(offsets, ts_s, T, bm, bn)
     G = tiles.shape[1]
     bdt = tw.dtype
-    sc = 0.5 if fast_silu else 1.0     # the fast SiLU takes the bias halved (_silu_pv)
-    pos_t, n_pos = _cached("pos", pos_w, (max_seq_len, bm, bn, bdt, sc),
-                           lambda: pos_tiles(pos_w, max_seq_len, bm, bn, bdt, sc))
-    lut_w = lut_buckets and bdt != torch.float32 and num_time_buckets <= LUT_MAX_BUCKETS
-    lut = _cached("lut", time_w, (num_time_buckets, bdt, sc), lambda: folded_lut(time_w, num_time_buckets, bdt, sc)) \
-        if lut_w else thr
-    if fast_silu:
-        tw = _half_table(time_w, tw)
+    pos_t, n_pos, lut, lut_w, tw = _seq_bias_tables(pos_w, time_w, tw, thr, max_seq_len, num_time_buckets, bm, bn,
+                                                    fast_silu, lut_buckets)
     global LAST_COMPILED, LAST_LAUNCH
     LAST_LAUNCH = {"kernel": "seq", "grid": (G, H // hg), "block_m": bm, "block_n": bn, "heads": hg,
                    "num_warps": num_warps or cfg["num_warps"], "num_stages": num_stages or cfg["num_stages"]}
