@@ -712,13 +712,28 @@ if _HAVE_TRITON:
                 tl.load(Tiles + 3 * n_grid + pid))
 
     @triton.jit
+    def _ts_rows(TS, rows, LOW: tl.constexpr):
+        """TS[rows], or with LOW only their low 32-bit words (the even words: GPUs are little-endian),
+        all the folded-LUT path needs: half the registers for the timestamps a program keeps
+        (exploration U)."""
+        if LOW:
+            t = tl.load(TS.to(tl.pointer_type(tl.int32), bitcast=True) + 2 * rows)
+        else:
+            t = tl.load(TS + rows)
+        return t
+
+    @triton.jit
     def _tile_bias_loads(TS, PosT, s, L, j0, tq0, tile_offs, n_pos_tiles, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr):
+                         BLOCK_N: tl.constexpr, LOW: tl.constexpr):
         """The key timestamps and the position-bias tile (pos_tiles: the tile of this q0 - j0) of
         the key tile at j0; positions past the sequence read its last row (the loads for the
         next tile run one tile past the last)."""
         kpos = j0 + tl.arange(0, BLOCK_N)
-        ts_k = tl.load(TS + s + tl.minimum(kpos, tl.maximum(L - 1, 0)))
+        kk = tl.minimum(kpos, tl.maximum(L - 1, 0))
+        if LOW:
+            ts_k = _ts_rows(TS, s + kk, True)
+        else:   # (TS + s) + kk: the scalar part first, fewer 64-bit address ops than TS + (s + kk)
+            ts_k = tl.load(TS + s + kk)
         d = tl.maximum(tl.minimum((tq0 - j0 + BLOCK_M - BLOCK_N) // BLOCK_N, n_pos_tiles - 1), 0)
         return ts_k, tl.load(PosT + d * (BLOCK_M * BLOCK_N) + tile_offs)
 
@@ -728,11 +743,12 @@ if _HAVE_TRITON:
                   num_tb, inv_n, log2_scale, ts_k, pos_b, HG: tl.constexpr, QK_DIM: tl.constexpr,
                   V_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr,
                   IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_W: tl.constexpr, W_BF16: tl.constexpr,
-                  LUT_BASE: tl.constexpr, ASM_GATHER: tl.constexpr):
+                  LUT_BASE: tl.constexpr, ASM_GATHER: tl.constexpr, LOW_TS: tl.constexpr):
         """One key tile for the program's HG heads; the relative bias is computed once for all of them.
         ``ts_k`` and ``pos_b`` (its key timestamps and position tile, _tile_bias_loads) were loaded
         one tile ahead; the next tile's are loaded here first and returned with the accumulators."""
-        ts_n, pos_n = _tile_bias_loads(TS, PosT, s, L, j0 + BLOCK_N, tq0, tile_offs, n_pos_tiles, BLOCK_M, BLOCK_N)
+        ts_n, pos_n = _tile_bias_loads(TS, PosT, s, L, j0 + BLOCK_N, tq0, tile_offs, n_pos_tiles, BLOCK_M, BLOCK_N,
+                                       LOW_TS)
         kpos = j0 + tl.arange(0, BLOCK_N)                    # key positions in the sequence
         k_ok = kpos < L
         vis = qpos[:, None] >= kpos[None, :]
@@ -740,7 +756,12 @@ if _HAVE_TRITON:
         if LUT_W and safe != 0:     # every |dt| of the sequence is < 2^31 (``safe``, from the tile table)
             bias += _folded_time_weight(ts_q, ts_k, Lut, W_BF16, LUT_BASE, ASM_GATHER)
         else:
-            bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
+            if LOW_TS:  # ts_q / ts_k hold only the low words: the full timestamps for the log path
+                dt = (tl.load(TS + s + tl.minimum(tl.maximum(qpos, 0), tl.maximum(L - 1, 0)))[:, None]
+                      - tl.load(TS + s + tl.minimum(kpos, tl.maximum(L - 1, 0)))[None, :])
+            else:
+                dt = ts_q[:, None] - ts_k[None, :]
+            bkt = _time_bucket_tl(dt, Thr, num_tb, log2_scale)
             bias += tl.load(TimeW + bkt).to(tl.float32)
         kr = (s + kpos).to(tl.int64)
         acc0 = _seq_head(acc0, q0, K, V, kr, k_ok, h0, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt,
@@ -775,7 +796,7 @@ if _HAVE_TRITON:
         HG: tl.constexpr, QK_DIM: tl.constexpr, V_DIM: tl.constexpr,
         BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_W: tl.constexpr, W_BF16: tl.constexpr,
-        LUT_BASE: tl.constexpr, ASM_GATHER: tl.constexpr,
+        LUT_BASE: tl.constexpr, ASM_GATHER: tl.constexpr, LOW_TS: tl.constexpr,
     ):
         # One program = one query tile of ONE sequence (rows q0 .. q0+BLOCK_M-1 of it, q0 < 0 on the
         # first tile: _seq_tiles aligns the tiles to the sequence end) x HG heads
@@ -797,7 +818,7 @@ if _HAVE_TRITON:
         qpos = q0 + tl.arange(0, BLOCK_M)                 # q0 < 0 on a sequence's first tile
         q_ok = (qpos >= 0) & (qpos < L)
         qrow = s + tl.minimum(tl.maximum(qpos, 0), tl.maximum(L - 1, 0))
-        ts_q = tl.load(TS + qrow)
+        ts_q = _ts_rows(TS, qrow, LOW_TS)
         dq = tl.arange(0, BLOCK_DQ)
         dv = tl.arange(0, BLOCK_DV)
         qr64 = qrow.to(tl.int64) * stride_qt
@@ -819,19 +840,19 @@ if _HAVE_TRITON:
         q_end = tl.where(L > 0, tl.maximum(q0, 0), 0)
         # each key tile's timestamps and position bias are loaded one tile ahead (their latency
         # hides under the previous tile's work: 1-4 % in run 15)
-        ts_k, pos_b = _tile_bias_loads(TS, PosT, s, L, 0, q0, tile_offs, n_pos_tiles, BLOCK_M, BLOCK_N)
+        ts_k, pos_b = _tile_bias_loads(TS, PosT, s, L, 0, q0, tile_offs, n_pos_tiles, BLOCK_M, BLOCK_N, LOW_TS)
         for j0 in range(0, q_end, BLOCK_N):              # full tiles left of the diagonal
             acc0, acc1, acc2, acc3, ts_k, pos_b = _seq_tile(
                 acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
                 safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, False, IEEE, FAST_SILU, LUT_W,
-                W_BF16, LUT_BASE, ASM_GATHER)
+                W_BF16, LUT_BASE, ASM_GATHER, LOW_TS)
         for j0 in range(q_end, tl.minimum(q0 + BLOCK_M, L), BLOCK_N):   # the diagonal tiles
             acc0, acc1, acc2, acc3, ts_k, pos_b = _seq_tile(
                 acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
                 safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, True, IEEE, FAST_SILU, LUT_W,
-                W_BF16, LUT_BASE, ASM_GATHER)
+                W_BF16, LUT_BASE, ASM_GATHER, LOW_TS)
         out_scale = inv_n if FAST_SILU else 1.0          # _silu_pv: FAST_SILU leaves 1 / n to the store
         _store_heads(Out, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, out_scale,
                      HG, V_DIM)
@@ -970,6 +991,8 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
         FAST_SILU=fast_silu, LUT_W=lut_w, W_BF16=(bdt == torch.bfloat16), LUT_BASE=LUT_BASE,
         ASM_GATHER=lut_w and not _dispatch.interpreting(),
+        # the timestamps' low words only: pays where registers are short, 3-4 heads (exploration U)
+        LOW_TS=lut_w and hg >= 3,
         num_warps=LAST_LAUNCH["num_warps"], num_stages=LAST_LAUNCH["num_stages"],
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )

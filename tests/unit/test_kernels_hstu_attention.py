@@ -184,12 +184,13 @@ def test_folded_lut_gives_the_time_weight(interp, dtype, nb):
     assert torch.equal(decode(ha.folded_lut(time_w, nb, dtype, 0.5)).float(), got.float() * 0.5)
 
 
-def test_16bit_bias_tables_and_their_cache(interp):
+@pytest.mark.parametrize("H", [2, 4])   # 4: a 4-head program keeps only the timestamps' low words
+def test_16bit_bias_tables_and_their_cache(interp, H):
     ha = interp
     # q = 0: the scores are the bias alone, so a wrong weight shows.  Sequence 2 spans > 2^31 s
     # (the log path), the others take the folded LUT
     lengths = torch.tensor([9, 30, 12])
-    a = kt.random_jagged_attention_inputs(3, 30, 2, 16, 16, dtype=torch.float16, lengths=lengths, seed=5,
+    a = kt.random_jagged_attention_inputs(3, 30, H, 16, 16, dtype=torch.float16, lengths=lengths, seed=5,
                                           max_seq_len=20)
     a["q"] = torch.zeros_like(a["q"])
     a["ts_s"][39:] = torch.arange(12) * 2**29
