@@ -4,11 +4,15 @@ on one GPU (docs/perf.md: how the explorations compare versions).
     git show <rev>:kernels/hstu_attention.py > /tmp/ha_base.py
     python3 bench/attention_ab.py --baseline /tmp/ha_base.py --out <dir>
     python3 bench/attention_ab.py --baseline a.py --baseline b.py --config 1024:64,64,2 --all-shapes --out <dir>
+    python3 bench/attention_ab.py --baseline /tmp/ha_base.py --variant nosplit:split_slots=0 --seeds std,1,2 --out <dir>
 
 Each version (every ``--baseline`` in order, then the working tree's kernel, ``current``) runs the
 issue's three target shapes (bf16, random jagged lengths 1..N; ``--all-shapes`` adds the encoder's
 B=64 and B=512 at N=200) with its default config; ``--config N:bm,bn,heads[,warps[,maxnreg]]`` also
-times the current kernel with that config at the shapes of that N. Timings are CUDA-graph medians,
+times the current kernel with that config at the shapes of that N; ``--variant NAME:key=value[,...]``
+times it with those keyword arguments of ``hstu_attention_triton`` (integers) at every shape.
+``--seeds`` replaces each shape's input seed (``std``: B + N, the benchmark's and the default) by each seed given:
+the lengths, and so the load balance, depend on it. Timings are CUDA-graph medians,
 interleaved over the variants ``--repeats`` times, and each shape's padded reference is timed in the
 same run for the ratios. Reports each variant's error against the float64 reference and whether its
 output equals the first variant's bit for bit (``torch.equal``). Writes ``attention_ab.json``.
@@ -52,12 +56,21 @@ def parse_config(text: str) -> tuple[int, dict]:
     return int(n), kw
 
 
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME:key=value[,key=value...]`` -> (NAME, keyword arguments with integer values)."""
+    name, kws = text.split(":")
+    return name, {k: int(v) for k, v in (kv.split("=") for kv in kws.split(","))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", action="append", required=True,
                     help="a copy of kernels/hstu_attention.py to compare against (repeatable)")
     ap.add_argument("--config", action="append", default=[], help="N:bm,bn,heads[,warps[,maxnreg]] for current")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:key=value[,...] for current, every shape")
+    ap.add_argument("--seeds", default="", help="comma-separated input seeds, 'std' = B + N (the default)")
     ap.add_argument("--all-shapes", action="store_true", help="add the encoder's shapes, B=64/512 at N=200")
+    ap.add_argument("--only", default="", help="comma-separated B:N shapes to keep (default: all of them)")
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
@@ -65,16 +78,23 @@ def main() -> None:
     names = ["baseline"] if len(bases) == 1 else [f"baseline{i}" for i in range(len(bases))]
     configs = [parse_config(c) for c in args.config]
     card = torch.cuda.get_device_name()
+    extra = [parse_variant(v) for v in args.variant]
+    seeds = [None if x == "std" else int(x) for x in args.seeds.split(",") if x]
+    only = {tuple(int(x) for x in bn.split(":")) for bn in args.only.split(",") if bn}
+    shapes = [s for s in ATTN_TARGETS + (ENCODER_SHAPES if args.all_shapes else []) if not only or s[:2] in only]
     rows = []
-    for B, N, H, d, target in ATTN_TARGETS + (ENCODER_SHAPES if args.all_shapes else []):
+    for (B, N, H, d, target), seed in [(s, sd) for s in shapes
+                                       for sd in [s[0] + s[1] if x is None else x for x in seeds or [None]]]:
         variants = [(n, m, {}) for n, m in zip(names, bases)] + [("current", ha, {})]
         variants += [(f"current@{N}:{','.join(str(x) for x in kw.values())}", ha, kw) for n, kw in configs if n == N]
-        a = attn_inputs(B, N, H, d, torch.bfloat16, seed=B + N)
+        variants += [(f"current[{n}]", ha, kw) for n, kw in extra]
+        a = attn_inputs(B, N, H, d, torch.bfloat16, seed=seed)
         pidx = ha.padded_index(a["offsets"], N, a["q"].shape[0])
         padded = bench_ms(lambda: ha.hstu_attention_padded(**a, padded_len=N, with_bias=False, pad_index=pidx),
                           graph=True, rep=40) * 1e3
         ref = ref64(a)
-        row = {"card": card, "B": B, "N": N, "H": H, "d": d, "target": target, "padded_us": round(padded, 1)}
+        row = {"card": card, "B": B, "N": N, "H": H, "d": d, "seed": seed, "target": target,
+               "padded_us": round(padded, 1)}
         first = None
         for name, mod, kw in variants:
             out = mod.hstu_attention_triton(**a, **kw)

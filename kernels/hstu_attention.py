@@ -567,41 +567,67 @@ if _HAVE_TRITON:
     @triton.jit
     def _tile_k(L, k, BLOCK_M: tl.constexpr, ALIGN_N: tl.constexpr, NB: tl.constexpr):
         """Tiles k (a vector) of a sequence of length L: whether it has them (k < n), their first
-        query positions q0 and their sort bins, min(number of key tiles, NB - 1).  ALIGN_N > 0: the
-        tiles end at L rounded up to a multiple of ALIGN_N (q0 = k * BLOCK_M - pad, pad a multiple
-        of ALIGN_N below BLOCK_M), so the partial tile is the first one, which has the fewest keys;
-        key tiles count ALIGN_N keys (BLOCK_M without it).  Tile k < n - 1 has (k + 1) * BLOCK_M -
-        pad keys, the last one L."""
+        query positions q0, their sort bins, min(number of key tiles, NB - 1), and that number.
+        ALIGN_N > 0: the tiles end at L rounded up to a multiple of ALIGN_N (q0 = k * BLOCK_M - pad,
+        pad a multiple of ALIGN_N below BLOCK_M), so the partial tile is the first one, which has the
+        fewest keys; key tiles count ALIGN_N keys (BLOCK_M without it).  Tile k < n - 1 has
+        (k + 1) * BLOCK_M - pad keys, the last one L."""
         SN: tl.constexpr = ALIGN_N if ALIGN_N > 0 else BLOCK_M
         n = (L + BLOCK_M - 1) // BLOCK_M
         pad = 0
         if ALIGN_N > 0:
             pad = (BLOCK_M - 1 - (L + BLOCK_M - 1) % BLOCK_M) // ALIGN_N * ALIGN_N
         keys = tl.where(k == n - 1, L, (k + 1) * BLOCK_M - pad)
-        return k < n, k * BLOCK_M - pad, tl.minimum((keys + SN - 1) // SN, NB - 1)
+        nkt = (keys + SN - 1) // SN
+        return k < n, k * BLOCK_M - pad, tl.minimum(nkt, NB - 1), nkt
 
     @triton.jit
-    def _seq_slots_kernel(Offsets, Safe, Tiles, Count, Cursor, G, BLOCK_M: tl.constexpr, ALIGN_N: tl.constexpr,
-                          NB: tl.constexpr, KB: tl.constexpr):
+    def _seq_slots_kernel(Offsets, Safe, Tiles, Count, Cursor, Units, G, slots, min_split,
+                          BLOCK_M: tl.constexpr, ALIGN_N: tl.constexpr, NB: tl.constexpr, KB: tl.constexpr):
         # one program per sequence: its tiles' columns in the tile table, ordered by decreasing key
         # count (a counting sort: Count = the histogram of the bins from _seq_span_kernel, a tile
         # of bin c goes after every tile of a higher bin, at an atomic cursor of its bin: the order
-        # within a bin is not deterministic, what each tile computes is)
+        # within a bin is not deterministic, what each tile computes is).
+        # Key splits (``slots`` > 0, docs/kernels.md): a tile whose bin is above C = max(total key
+        # tiles / slots, min_split) takes two columns, the two halves of its key range, both in bin
+        # ceil(bin / 2), sharing a unit number (< slots: each split tile has more than total / slots
+        # key tiles) under which the kernel adds the halves.  Without splits, C = NB: none.
+        SN: tl.constexpr = ALIGN_N if ALIGN_N > 0 else BLOCK_M
         b = tl.program_id(0)
         st = tl.load(Offsets + b).to(tl.int32)
         L = tl.load(Offsets + b + 1).to(tl.int32) - st
         bins = tl.arange(0, NB)
         hist = tl.load(Count + bins, cache_modifier=".cg")
+        C = NB
+        if slots > 0:
+            C = tl.maximum((tl.sum(bins * hist, axis=0) + slots - 1) // slots, min_split)
+        # the histogram after the splits: a split tile of bin c counts twice in bin ceil(c / 2), so
+        # bin c gains twice the tiles of bins 2c - 1 and 2c above C
+        lo, hi = 2 * bins - 1, 2 * bins
+        hist = tl.where(bins > C, 0, hist) + 2 * (
+            tl.load(Count + lo, mask=(lo > C) & (lo < NB), other=0, cache_modifier=".cg")
+            + tl.load(Count + hi, mask=(hi > C) & (hi < NB), other=0, cache_modifier=".cg"))
         total = tl.sum(hist, axis=0)
         safe = tl.load(Safe + b)
         for k0 in range(0, (L + BLOCK_M - 1) // BLOCK_M, KB):
-            take, q0, c = _tile_k(L, k0 + tl.arange(0, KB), BLOCK_M, ALIGN_N, NB)
+            take, q0, c, nkt = _tile_k(L, k0 + tl.arange(0, KB), BLOCK_M, ALIGN_N, NB)
+            sp = take & (c > C)
+            c = tl.where(sp, (c + 1) // 2, c)
             upto = tl.sum(tl.where(bins[None, :] <= c[:, None], hist[None, :], 0), axis=1)   # tiles of bins <= c
-            idx = total - upto + tl.atomic_add(Cursor + c, 1, mask=take)
-            tl.store(Tiles + idx, st + tl.zeros_like(q0), mask=take)
-            tl.store(Tiles + G + idx, L + tl.zeros_like(q0), mask=take)
-            tl.store(Tiles + 2 * G + idx, q0, mask=take)
-            tl.store(Tiles + 3 * G + idx, safe + tl.zeros_like(q0), mask=take)
+            idx = total - upto + tl.atomic_add(Cursor + c, tl.where(sp, 2, 1), mask=take)
+            unit = tl.where(sp, tl.atomic_add(Units + tl.zeros_like(c), 1, mask=sp), -1)
+            kend = tl.minimum(q0 + BLOCK_M, L)
+            mid = tl.where(sp, nkt // 2 * SN, kend)         # the first half: full key tiles only
+            for part in tl.static_range(2):
+                at = take if part == 0 else sp
+                i = idx + part
+                tl.store(Tiles + i, st + tl.zeros_like(q0), mask=at)
+                tl.store(Tiles + G + i, L + tl.zeros_like(q0), mask=at)
+                tl.store(Tiles + 2 * G + i, q0, mask=at)
+                tl.store(Tiles + 3 * G + i, safe + tl.zeros_like(q0), mask=at)
+                tl.store(Tiles + 4 * G + i, 0 if part == 0 else mid, mask=at)
+                tl.store(Tiles + 5 * G + i, mid if part == 0 else kend, mask=at)
+                tl.store(Tiles + 6 * G + i, unit, mask=at)
 
     @triton.jit
     def _seq_span_kernel(Offsets, TS, Safe, Count, BLOCK_M: tl.constexpr, ALIGN_N: tl.constexpr, NB: tl.constexpr,
@@ -623,7 +649,7 @@ if _HAVE_TRITON:
         tl.store(Safe + b, ((span >= 0) & (span < 2147483647)).to(tl.int32))
         L = (en - st).to(tl.int32)
         for k0 in range(0, (L + BLOCK_M - 1) // BLOCK_M, KB):
-            take, _, c = _tile_k(L, k0 + tl.arange(0, KB), BLOCK_M, ALIGN_N, NB)
+            take, _, c, _ = _tile_k(L, k0 + tl.arange(0, KB), BLOCK_M, ALIGN_N, NB)
             tl.atomic_add(Count + c, 1, mask=take)
 
     @triton.jit
@@ -712,6 +738,47 @@ if _HAVE_TRITON:
                 tl.load(Tiles + 3 * n_grid + pid))
 
     @triton.jit
+    def _tile_keys(Tiles, pid, n_grid):
+        """Program ``pid``'s key range [jb, je) and split unit (-1: none) from the tile table."""
+        return tl.load(Tiles + 4 * n_grid + pid), tl.load(Tiles + 5 * n_grid + pid), tl.load(Tiles + 6 * n_grid + pid)
+
+    @triton.jit
+    def _add_halves(Out, Tiles, Scratch, n_grid, unit, orow64, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, scale,
+                    HG: tl.constexpr, V_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
+        """The end of a split tile's half (_seq_tiles): the first half to finish leaves its sums in
+        ``Scratch`` and raises the unit's flag; the other waits for the flag (the first is running or
+        done: no deadlock), adds them (two fp32 terms: the same sum in either order) and stores, then
+        clears the unit's counter and flag for the next launch."""
+        Sync = Tiles + 7 * n_grid + 2 * (unit * tl.num_programs(1) + tl.program_id(1))
+        HS: tl.constexpr = BLOCK_M * BLOCK_DV
+        sp = Scratch + (unit * tl.num_programs(1) * HG + h0).to(tl.int64) * HS \
+            + tl.arange(0, BLOCK_M)[:, None] * BLOCK_DV + dv[None, :]
+        if tl.atomic_add(Sync, 1) == 0:
+            tl.store(sp, acc0)
+            if HG > 1:
+                tl.store(sp + HS, acc1)
+            if HG > 2:
+                tl.store(sp + 2 * HS, acc2)
+            if HG > 3:
+                tl.store(sp + 3 * HS, acc3)
+            tl.debug_barrier()              # every thread's stores, then the flag (release)
+            tl.atomic_xchg(Sync + 1, 1, sem="release")
+        else:
+            while tl.atomic_add(Sync + 1, 0, sem="acquire") == 0:
+                pass
+            tl.debug_barrier()
+            acc0 += tl.load(sp, cache_modifier=".cg")
+            if HG > 1:
+                acc1 += tl.load(sp + HS, cache_modifier=".cg")
+            if HG > 2:
+                acc2 += tl.load(sp + 2 * HS, cache_modifier=".cg")
+            if HG > 3:
+                acc3 += tl.load(sp + 3 * HS, cache_modifier=".cg")
+            tl.atomic_xchg(Sync, 0)
+            tl.atomic_xchg(Sync + 1, 0)
+            _store_heads(Out, orow64, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, scale, HG, V_DIM)
+
+    @triton.jit
     def _ts_rows(TS, rows, LOW: tl.constexpr):
         """TS[rows], or with LOW only their low 32-bit words (the even words: GPUs are little-endian),
         all the folded-LUT path needs: half the registers for the timestamps a program keeps
@@ -789,7 +856,7 @@ if _HAVE_TRITON:
 
     @triton.jit
     def _hstu_attn_seq_fwd(
-        Q, K, V, Out, Tiles, TS, PosT, TimeW, Thr, Lut,
+        Q, K, V, Out, Tiles, TS, PosT, TimeW, Thr, Lut, Scratch,
         stride_qt: tl.constexpr, stride_qh: tl.constexpr, stride_kt: tl.constexpr, stride_kh: tl.constexpr,
         stride_vt: tl.constexpr, stride_vh: tl.constexpr, stride_ot: tl.constexpr, stride_oh: tl.constexpr,
         n_grid, n_pos_tiles, num_tb, inv_n, log2_scale,
@@ -815,6 +882,7 @@ if _HAVE_TRITON:
         s, L, q0, safe = _tile_entry(Tiles, pid, n_grid)
         if L == 0:      # a spare column of the table (the grid is an upper bound): nothing to do
             return
+        jb, je, unit = _tile_keys(Tiles, pid, n_grid)   # keys [jb, je): all, or half of a split tile
         qpos = q0 + tl.arange(0, BLOCK_M)                 # q0 < 0 on a sequence's first tile
         q_ok = (qpos >= 0) & (qpos < L)
         qrow = s + tl.minimum(tl.maximum(qpos, 0), tl.maximum(L - 1, 0))
@@ -837,25 +905,29 @@ if _HAVE_TRITON:
         acc2 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         acc3 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         tile_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        q_end = tl.where(L > 0, tl.maximum(q0, 0), 0)
+        q_end = tl.maximum(q0, 0)
         # each key tile's timestamps and position bias are loaded one tile ahead (their latency
         # hides under the previous tile's work: 1-4 % in run 15)
-        ts_k, pos_b = _tile_bias_loads(TS, PosT, s, L, 0, q0, tile_offs, n_pos_tiles, BLOCK_M, BLOCK_N, LOW_TS)
-        for j0 in range(0, q_end, BLOCK_N):              # full tiles left of the diagonal
+        ts_k, pos_b = _tile_bias_loads(TS, PosT, s, L, jb, q0, tile_offs, n_pos_tiles, BLOCK_M, BLOCK_N, LOW_TS)
+        for j0 in range(jb, tl.minimum(q_end, je), BLOCK_N):      # full tiles left of the diagonal
             acc0, acc1, acc2, acc3, ts_k, pos_b = _seq_tile(
                 acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
                 safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, False, IEEE, FAST_SILU, LUT_W,
                 W_BF16, LUT_BASE, ASM_GATHER, LOW_TS)
-        for j0 in range(q_end, tl.minimum(q0 + BLOCK_M, L), BLOCK_N):   # the diagonal tiles
+        for j0 in range(tl.maximum(q_end, jb), je, BLOCK_N):      # the diagonal tiles
             acc0, acc1, acc2, acc3, ts_k, pos_b = _seq_tile(
                 acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
                 safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, True, IEEE, FAST_SILU, LUT_W,
                 W_BF16, LUT_BASE, ASM_GATHER, LOW_TS)
         out_scale = inv_n if FAST_SILU else 1.0          # _silu_pv: FAST_SILU leaves 1 / n to the store
-        _store_heads(Out, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3, out_scale,
-                     HG, V_DIM)
+        if unit < 0:
+            _store_heads(Out, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3,
+                         out_scale, HG, V_DIM)
+        else:
+            _add_halves(Out, Tiles, Scratch, n_grid, unit, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, dv,
+                        acc0, acc1, acc2, acc3, out_scale, HG, V_DIM, BLOCK_M, BLOCK_DV)
 
 
 def lut_time_bucket(dt: torch.Tensor, num_time_buckets: int) -> torch.Tensor:
@@ -917,15 +989,30 @@ def seq_config(H: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:
 
 
 _TILES_CACHE: dict = {}
+# Key splits of the per-sequence kernel (_attention_seq): a query tile is split when it has more than
+# SPLIT_MIN_KEYS keys and more key tiles than total / (SPLIT_PROGRAMS_PER_SM x SMs).  1.6: the best of
+# 1 / 1.33 / 1.6 / 2 programs per SM at B=64 N=1024 H=4 over five length draws (docs/perf.md, run 40):
+# two programs sharing an SM progress like about 1.5 alone.  At B=64 N=200 (tiles of at most 13 x 16
+# keys) splitting did not pay: hence the floor.
+SPLIT_PROGRAMS_PER_SM = 1.6
+SPLIT_MIN_KEYS = 512
 _TILE_BINS = 128    # the tile table's sort bins (key-tile counts); longer tiles share the last one
 
 
-def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, align_n: int = 0) -> torch.Tensor:
-    """(4, G) int32 tile table of the per-sequence kernel, built by a memset and two small Triton
+def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, align_n: int = 0,
+               split_slots: int = 0, n_hg: int = 1, min_split: int = 0) -> torch.Tensor:
+    """(7, G) int32 tile table of the per-sequence kernel, built by a memset and two small Triton
     kernels, one program per sequence (no host sync).  Column t = the tile's sequence start, its
-    length (0 = no tile), its first query position q0, and 1 when the sequence's time span is
-    below 2^31 s (its int32 bucket path is exact).  G = T // BM + B bounds the number of tiles,
-    sum_b ceil(L_b / BM), from the shapes alone.
+    length (0 = no tile), its first query position q0, 1 when the sequence's time span is below
+    2^31 s (its int32 bucket path is exact), the key range [jb, je) it covers and its split unit
+    (-1: not split).  G = T // BM + B (+ the split units) bounds the number of columns,
+    sum_b ceil(L_b / BM) (+ one per split tile), from the shapes alone.
+
+    ``split_slots`` > 0: a tile with more than C = max(total key tiles / split_slots, ``min_split``)
+    key tiles is split into two columns, the halves of its key range, which the kernel adds
+    (:func:`_attention_seq`): so that no program is much longer than the average load of a
+    program slot of the GPU.  There are fewer split tiles than ``split_slots``; the table ends
+    with 2 int32 per split tile and head group (``n_hg``) for the kernel's adds.
 
     ``align_n`` = 0: q0 = 0, BM, 2 BM, ...; the last tile is the partial one.  ``align_n`` = BN
     (what the kernel runs): the tiles are shifted back by the largest multiple of BN that keeps
@@ -940,19 +1027,23 @@ def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, 
     have no version counter)."""
     # inference tensors (torch.inference_mode) have no version counter: no reuse for them
     cacheable = not (offsets.is_inference() or ts_s.is_inference())
-    key = (T, block_m, align_n, offsets._version, ts_s._version) if cacheable else None
+    key = (T, block_m, align_n, split_slots, n_hg, offsets._version, ts_s._version) if cacheable else None
     hit = _TILES_CACHE.get("last")
     if cacheable and hit is not None and hit[0]() is offsets and hit[1]() is ts_s and hit[2] == key:
         return hit[3]
     B = offsets.numel() - 1
-    G = T // block_m + B
+    units = min(split_slots, T // block_m + B)      # split tiles: fewer than split_slots, at most one per tile
+    G = T // block_m + B + units
+    n_sync = 2 * units * n_hg
     safe = torch.empty(B, dtype=torch.int32, device=offsets.device)
-    tiles = torch.zeros(4 * G + 2 * _TILE_BINS, dtype=torch.int32, device=offsets.device)   # empty columns: 0
-    count, cursor = tiles[4 * G:4 * G + _TILE_BINS], tiles[4 * G + _TILE_BINS:]
+    # empty columns: length 0; the kernel's add counters and flags start at 0 (and it leaves them at 0)
+    buf = torch.zeros(7 * G + n_sync + 2 * _TILE_BINS + 1, dtype=torch.int32, device=offsets.device)
+    count = buf[7 * G + n_sync:7 * G + n_sync + _TILE_BINS]
+    cursor = buf[7 * G + n_sync + _TILE_BINS:-1]
     meta = dict(BLOCK_M=block_m, ALIGN_N=align_n, NB=_TILE_BINS, KB=16)
     _seq_span_kernel[(B,)](offsets, ts_s, safe, count, **meta, CHUNK=256, num_warps=2)
-    _seq_slots_kernel[(B,)](offsets, safe, tiles, count, cursor, G, **meta, num_warps=2)
-    tiles = tiles[:4 * G].view(4, G)
+    _seq_slots_kernel[(B,)](offsets, safe, buf, count, cursor, buf[-1:], G, units, min_split, **meta, num_warps=2)
+    tiles = buf[:7 * G].view(7, G)
     if cacheable:
         _TILES_CACHE["last"] = (weakref.ref(offsets), weakref.ref(ts_s), key, tiles)
     return tiles
@@ -960,10 +1051,17 @@ def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, 
 
 def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, num_time_buckets, max_seq_len,
                    block_m=None, block_n=None, num_warps=None, num_stages=None, heads=None, fast_silu=True,
-                   lut_buckets=True, maxnreg=None):
+                   lut_buckets=True, maxnreg=None, split_slots=None):
     """Launch the per-sequence kernel (every row a query).  ``tw`` = ``time_w`` in the bias dtype;
     the derived tables are kept per ``pos_w`` / ``time_w`` (the caller's tensors).  ``fast_silu``:
-    the caller's decision (hstu_attention_triton), taken as is."""
+    the caller's decision (hstu_attention_triton), taken as is.
+
+    Key splits (``split_slots``; None: ``SPLIT_PROGRAMS_PER_SM`` programs per SM of the device,
+    shared by the head groups; 0: none): a query tile with more than ``SPLIT_MIN_KEYS`` keys and
+    more key tiles than the average load of a program slot is run as two programs, one per half of
+    its keys, whose sums the second to finish adds (:func:`_seq_tiles`).  Without them one long
+    tile can outlast the whole grid: at B=64, N=1024 (the benchmark's lengths) the longest tiles
+    have 32 key tiles, a slot's average load is 22."""
     T, H, qk_dim = q.shape
     v_dim = v.shape[-1]
     cfg = seq_config(H, qk_dim, v_dim, q.dtype)
@@ -973,21 +1071,28 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
         raise ValueError(f"need block_n | block_m and heads | H with heads <= 4; got {bm}, {bn}, {hg} (H={H})")
     if T >= 2**31:
         raise ValueError(f"{T} rows: the per-sequence kernel indexes rows in int32")
-    tiles = _seq_tiles(offsets, ts_s, T, bm, bn)
+    n_hg = H // hg
+    if split_slots is None:
+        split_slots = max(1, int(SPLIT_PROGRAMS_PER_SM * _num_sms(str(q.device))) // n_hg)
+    tiles = _seq_tiles(offsets, ts_s, T, bm, bn, split_slots, n_hg, min_split=max(2 * bm, SPLIT_MIN_KEYS) // bn)
     G = tiles.shape[1]
+    units = G - (T // bm + offsets.numel() - 1)
+    block_dv = max(16, triton.next_power_of_2(v_dim))
+    scratch = torch.empty(max(units, 1) * H * bm * block_dv, dtype=torch.float32, device=q.device)
     bdt = tw.dtype
     pos_t, n_pos, lut, lut_w, tw = _seq_bias_tables(pos_w, time_w, tw, thr, max_seq_len, num_time_buckets, bm, bn,
                                                     fast_silu, lut_buckets)
     global LAST_COMPILED, LAST_LAUNCH
-    LAST_LAUNCH = {"kernel": "seq", "grid": (G, H // hg), "block_m": bm, "block_n": bn, "heads": hg,
-                   "num_warps": num_warps or cfg["num_warps"], "num_stages": num_stages or cfg["num_stages"]}
-    LAST_COMPILED = _hstu_attn_seq_fwd[(G, H // hg)](
-        q, k, v, out, tiles, ts_s, pos_t, tw, thr, lut,
+    LAST_LAUNCH = {"kernel": "seq", "grid": (G, n_hg), "block_m": bm, "block_n": bn, "heads": hg,
+                   "num_warps": num_warps or cfg["num_warps"], "num_stages": num_stages or cfg["num_stages"],
+                   "split_slots": split_slots, "tiles": tiles}
+    LAST_COMPILED = _hstu_attn_seq_fwd[(G, n_hg)](
+        q, k, v, out, tiles, ts_s, pos_t, tw, thr, lut, scratch,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         G, n_pos, num_time_buckets, 1.0 / float(attn_n), _LOG2_SCALE,
         HG=hg, QK_DIM=qk_dim, V_DIM=v_dim,
-        BLOCK_DQ=max(16, triton.next_power_of_2(qk_dim)), BLOCK_DV=max(16, triton.next_power_of_2(v_dim)),
+        BLOCK_DQ=max(16, triton.next_power_of_2(qk_dim)), BLOCK_DV=block_dv,
         BLOCK_M=bm, BLOCK_N=bn, IEEE=(q.dtype == torch.float32),
         FAST_SILU=fast_silu, LUT_W=lut_w, W_BF16=(bdt == torch.bfloat16), LUT_BASE=LUT_BASE,
         ASM_GATHER=lut_w and not _dispatch.interpreting(),
@@ -1026,7 +1131,7 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
                           num_stages: int | None = None, fast_silu: bool = True,
                           num_splits: int | None = None,
                           heads: int | None = None, kernel: str = "auto", lut_buckets: bool = True,
-                          maxnreg: int | None = None) -> torch.Tensor:
+                          maxnreg: int | None = None, split_slots: int | None = None) -> torch.Tensor:
     """The fused Triton kernels; no padding, no host sync, work proportional to the number of
     (query, visible key) tiles, never to B x max_len.
 
@@ -1046,7 +1151,8 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     reference does (:func:`bias_dtype`).
 
     ``fast_silu`` (bf16/fp16 only) evaluates the sigmoid with the hardware tanh approximation
-    (relative error ~5e-4, below bf16 rounding).  ``lut_buckets=False`` and ``maxnreg`` are for
+    (relative error ~5e-4, below bf16 rounding).  ``split_slots`` sets the per-sequence kernel's key
+    splits (:func:`_attention_seq`; 0: none).  ``lut_buckets=False`` and ``maxnreg`` are for
     benchmarks.
 
     ``q_offsets`` (B+1,): queries are the last Lq_b rows of each key sequence (module
@@ -1085,7 +1191,7 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     if not has_q and kernel in ("auto", "seq"):
         return _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, num_time_buckets,
                               max_seq_len, block_m, block_n, num_warps, num_stages, heads, fast, lut_buckets,
-                              maxnreg)
+                              maxnreg, split_slots)
     B = offsets.shape[0] - 1
     cfg = default_config(T, H, qk_dim, v_dim, q.dtype, q_rows=Tq, num_seqs=B) if has_q else \
         default_config(T, H, qk_dim, v_dim, q.dtype)

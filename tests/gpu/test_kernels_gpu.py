@@ -33,6 +33,29 @@ def test_hstu_attention_gpu(dtype, B, max_len, H, qk, vd):
     assert err < TOL[dtype], err
 
 
+@pytest.mark.parametrize("B,max_len,H,dtype", [(4, 1024, 4, torch.bfloat16), (3, 2000, 2, torch.float32),
+                                               (64, 1024, 4, torch.bfloat16), (2, 700, 3, torch.float16)])
+def test_hstu_attention_key_splits_gpu(B, max_len, H, dtype):
+    """Query tiles split into two key halves (_seq_tiles) give the reference's result, the same bits
+    on every call (the half that finishes second adds the other's sums: one fp32 add, either order)
+    with the table and its add counters reused, and the unsplit kernel's result up to rounding."""
+    from kernels import hstu_attention as ha
+    from kernels.testing import random_jagged_attention_inputs, rel_err
+    a = random_jagged_attention_inputs(B, max_len, H, 64, 64, dtype=dtype, device="cuda", seed=B + max_len,
+                                       scale=0.5)
+    out = ha.hstu_attention_triton(**a)
+    tiles = ha.LAST_LAUNCH["tiles"]
+    assert bool((tiles[6][tiles[1] > 0] >= 0).any()), "no tile was split"
+    ref = ha.hstu_attention_reference(
+        a["q"].double(), a["k"].double(), a["v"].double(), a["offsets"], a["ts_s"],
+        a["pos_w"].double(), a["time_w"].double(), a["attn_n"], a["num_time_buckets"], a["max_seq_len"])
+    assert rel_err(out, ref) < TOL[dtype]
+    for _ in range(20):
+        assert torch.equal(ha.hstu_attention_triton(**a), out)
+    assert ha.LAST_LAUNCH["tiles"] is tiles
+    assert rel_err(ha.hstu_attention_triton(**a, split_slots=0), out) < TOL[dtype] / 10
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                     reason="the Gluon experiment is written for Hopper (wgmma)")
 @pytest.mark.parametrize("B,max_len,H,cfg,variant", [

@@ -130,36 +130,86 @@ def test_pos_tiles_cover_every_tile(interp, bm, bn, P):
     assert torch.equal(ha.pos_tiles(pos_w, P, bm, bn, torch.bfloat16, 0.5)[0].float(), t16.float() * 0.5)
 
 
-@pytest.mark.parametrize("bm,align", [(64, 16), (64, 32), (32, 16), (16, 16), (64, 0)])
-def test_seq_tiles_cover_every_row_once(interp, bm, align):
+@pytest.mark.parametrize("bm,align,slots", [(64, 16, 0), (64, 32, 0), (32, 16, 0), (16, 16, 0), (64, 0, 0),
+                                             (64, 32, 200), (64, 16, 300), (16, 16, 500)])
+def test_seq_tiles_cover_every_row_once(interp, bm, align, slots):
     """The tile table: every row of every sequence in exactly one tile, longest tiles first; with
-    ``align`` the tiles end at the sequence end rounded up to ``align`` and start at multiples of it."""
+    ``align`` the tiles end at the sequence end rounded up to ``align`` and start at multiples of it.
+    With key splits (``slots``) the tiles above the average load of a slot come as two columns that
+    share a unit and cover the tile's keys once: fewer units than slots."""
     ha = interp
     # the 2500- and 3000-row sequences have tiles past the last sort bin (they share it)
     lengths = torch.tensor([0, 1, 15, 16, 17, 31, 33, 63, 64, 65, 100, 127, 128, 129, 200, 0, 7, 3000, 2500])
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
     T = int(offsets[-1])
-    tiles = ha._seq_tiles(offsets, torch.arange(T, dtype=torch.int64), T, bm, align).tolist()
+    sn = align or bm
+    min_split = 2 * bm // sn
+    tiles = ha._seq_tiles(offsets, torch.arange(T, dtype=torch.int64), T, bm, align, slots, 1, min_split).tolist()
     seen = {b: [] for b in range(len(lengths))}
     ends = {b: [] for b in range(len(lengths))}
-    keys = []
-    for s, L, q0, safe in zip(*tiles):
+    parts = {}
+    bins = []
+    for s, L, q0, safe, jb, je, unit in zip(*tiles):
         if L == 0:
             continue
         b = int(torch.searchsorted(offsets, torch.tensor(s), right=True)) - 1
-        assert L == lengths[b] and safe == 1 and -bm < q0 < L and q0 % (align or bm) == 0
-        seen[b] += [r for r in range(q0, q0 + bm) if 0 <= r < L]
+        assert L == lengths[b] and safe == 1 and -bm < q0 < L and q0 % sn == 0
+        kend = min(q0 + bm, L)
+        parts.setdefault((b, q0), []).append((jb, je, unit))
+        if unit < 0:
+            assert (jb, je) == (0, kend)
+        bins.append(min(-(-kend // sn), ha._TILE_BINS - 1) if unit < 0 else None)
+    split = {u for ps in parts.values() for _, _, u in ps if u >= 0}
+    for (b, q0), ps in parts.items():
+        kend = min(q0 + bm, lengths[b].item())
+        seen[b] += [r for r in range(q0, q0 + bm) if 0 <= r < lengths[b]]
         ends[b].append(q0 + bm)
-        keys.append(min(q0 + bm, L))
+        ps.sort()
+        if len(ps) == 2:    # the halves of a split tile: [0, mid) of full key tiles only, [mid, kend)
+            (jb0, je0, u0), (jb1, je1, u1) = ps
+            assert u0 == u1 >= 0 and jb0 == 0 and je0 == jb1 and je1 == kend and je0 <= max(q0, 0)
+            assert je0 % sn == 0 and -(-kend // sn) > min_split
+        else:
+            assert len(ps) == 1 and ps[0] == (0, kend, -1)
     for b, L in enumerate(lengths.tolist()):
         assert sorted(seen[b]) == list(range(L)), b
         if L and align:       # the last tile ends at L rounded up to ``align``
             assert max(ends[b]) == -(-L // align) * align, b
         elif L:               # the first tile starts at row 0
             assert min(ends[b]) == bm, b
-    assert len(keys) == sum(-(-L // bm) for L in lengths.tolist())
-    bins = [min(-(-k // (align or bm)), ha._TILE_BINS - 1) for k in keys]   # longest first, in key tiles
-    assert bins == sorted(bins, reverse=True)
+    assert len(parts) == sum(-(-L // bm) for L in lengths.tolist())
+    assert sorted(split) == list(range(len(split))) and len(split) < max(slots, 1)
+    if slots:                 # the longest tile had more key tiles than a slot's average load
+        assert split
+    # longest first, in key tiles (a split tile's halves: half its bin)
+    sbins = []
+    for s, L, q0, safe, jb, je, unit in zip(*tiles):
+        if L:
+            c = min(-(-min(q0 + bm, L) // sn), ha._TILE_BINS - 1)
+            sbins.append((c + 1) // 2 if unit >= 0 else c)
+    assert sbins == sorted(sbins, reverse=True)
+
+
+@pytest.mark.parametrize("dtype,H,hg,tol", [(torch.float32, 2, 1, 1e-5), (torch.float16, 4, 4, 1e-2),
+                                            (torch.float16, 4, 2, 1e-2)])
+def test_key_splits(interp, monkeypatch, dtype, H, hg, tol):
+    """Tiles split in two key halves (_seq_tiles) give the reference's result; a second call on the
+    same table (cached, the kernel's add counters reset by the first) gives the same bits."""
+    ha = interp
+    monkeypatch.setattr(ha, "SPLIT_MIN_KEYS", 0)        # small shapes: split tiles of 5 key tiles
+    lengths = torch.tensor([70, 3, 40, 1, 66, 9])
+    a = kt.random_jagged_attention_inputs(6, 70, H, 16, 16, dtype=dtype, lengths=lengths, seed=11, scale=0.5)
+    ref = _ref64(a, ha)
+    out0 = ha.hstu_attention_triton(**a, block_m=16, block_n=16, heads=hg, split_slots=0)
+    tiles0 = ha.LAST_LAUNCH["tiles"]
+    assert bool((tiles0[6][tiles0[1] > 0] < 0).all())                   # no split
+    out1 = ha.hstu_attention_triton(**a, block_m=16, block_n=16, heads=hg, split_slots=12)
+    tiles = ha.LAST_LAUNCH["tiles"]
+    n_split = int((tiles[6][tiles[1] > 0] >= 0).sum()) // 2
+    assert 1 <= n_split < 12
+    assert kt.rel_err(out0, ref) < tol and kt.rel_err(out1, ref) < tol
+    out2 = ha.hstu_attention_triton(**a, block_m=16, block_n=16, heads=hg, split_slots=12)
+    assert ha.LAST_LAUNCH["tiles"] is tiles and torch.equal(out1, out2)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
