@@ -1009,7 +1009,7 @@ def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, 
     sum_b ceil(L_b / BM) (+ one per split tile), from the shapes alone.
 
     ``split_slots`` > 0: a tile with more than C = max(total key tiles / split_slots, ``min_split``)
-    key tiles is split into two columns, the halves of its key range, which the kernel adds
+    key tiles (at least 2 BM keys) is split into two columns, the halves of its key range, which the kernel adds
     (:func:`_attention_seq`): so that no program is much longer than the average load of a
     program slot of the GPU.  There are fewer split tiles than ``split_slots``; the table ends
     with 2 int32 per split tile and head group (``n_hg``) for the kernel's adds.
@@ -1032,7 +1032,11 @@ def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, 
     if cacheable and hit is not None and hit[0]() is offsets and hit[1]() is ts_s and hit[2] == key:
         return hit[3]
     B = offsets.numel() - 1
-    units = min(split_slots, T // block_m + B)      # split tiles: fewer than split_slots, at most one per tile
+    # a split tile has at least 2 BM keys: both halves whole key tiles, the first without the diagonal
+    min_split = max(min_split, 2 * block_m // (align_n or block_m))
+    # split tiles: fewer than split_slots; none is the first tile of its sequence (it has the fewest
+    # keys), so at most T // BM; none without more than min_split key tiles of (align_n or BM) keys
+    units = min(split_slots, T // block_m) if T > min_split * (align_n or block_m) else 0
     G = T // block_m + B + units
     n_sync = 2 * units * n_hg
     safe = torch.empty(B, dtype=torch.int32, device=offsets.device)

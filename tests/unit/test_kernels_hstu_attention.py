@@ -178,7 +178,7 @@ def test_seq_tiles_cover_every_row_once(interp, bm, align, slots):
         elif L:               # the first tile starts at row 0
             assert min(ends[b]) == bm, b
     assert len(parts) == sum(-(-L // bm) for L in lengths.tolist())
-    assert sorted(split) == list(range(len(split))) and len(split) < max(slots, 1)
+    assert sorted(split) == list(range(len(split))) and len(split) < max(slots, 1) and len(split) <= T // bm
     if slots:                 # the longest tile had more key tiles than a slot's average load
         assert split
     # longest first, in key tiles (a split tile's halves: half its bin)
