@@ -999,6 +999,11 @@ SPLIT_MIN_KEYS = 512
 _TILE_BINS = 128    # the tile table's sort bins (key-tile counts); longer tiles share the last one
 
 
+def _tile_columns(T: int, B: int, block_m: int) -> int:
+    """T // BM + B: a host-known bound on sum_b ceil(L_b / BM), the query tiles of B sequences of T rows."""
+    return T // block_m + B
+
+
 def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, align_n: int = 0,
                split_slots: int = 0, n_hg: int = 1, min_split: int = 0) -> torch.Tensor:
     """(7, G) int32 tile table of the per-sequence kernel, built by a memset and two small Triton
@@ -1037,7 +1042,7 @@ def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, 
     # split tiles: fewer than split_slots; none is the first tile of its sequence (it has the fewest
     # keys), so at most T // BM; none without more than min_split key tiles of (align_n or BM) keys
     units = min(split_slots, T // block_m) if T > min_split * (align_n or block_m) else 0
-    G = T // block_m + B + units
+    G = _tile_columns(T, B, block_m) + units
     n_sync = 2 * units * n_hg
     safe = torch.empty(B, dtype=torch.int32, device=offsets.device)
     # empty columns: length 0; the kernel's add counters and flags start at 0 (and it leaves them at 0)
@@ -1078,9 +1083,9 @@ def _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, 
     n_hg = H // hg
     if split_slots is None:
         split_slots = max(1, int(SPLIT_PROGRAMS_PER_SM * _num_sms(str(q.device))) // n_hg)
-    tiles = _seq_tiles(offsets, ts_s, T, bm, bn, split_slots, n_hg, min_split=max(2 * bm, SPLIT_MIN_KEYS) // bn)
+    tiles = _seq_tiles(offsets, ts_s, T, bm, bn, split_slots, n_hg, min_split=SPLIT_MIN_KEYS // bn)
     G = tiles.shape[1]
-    units = G - (T // bm + offsets.numel() - 1)
+    units = G - _tile_columns(T, offsets.numel() - 1, bm)      # the split units _seq_tiles made room for
     block_dv = max(16, triton.next_power_of_2(v_dim))
     scratch = torch.empty(max(units, 1) * H * bm * block_dv, dtype=torch.float32, device=q.device)
     bdt = tw.dtype

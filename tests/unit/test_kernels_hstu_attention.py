@@ -148,7 +148,7 @@ def test_seq_tiles_cover_every_row_once(interp, bm, align, slots):
     seen = {b: [] for b in range(len(lengths))}
     ends = {b: [] for b in range(len(lengths))}
     parts = {}
-    bins = []
+    sbins = []        # the columns' sort bins in table order: key tiles (a split tile's halves: half its bin)
     for s, L, q0, safe, jb, je, unit in zip(*tiles):
         if L == 0:
             continue
@@ -158,7 +158,8 @@ def test_seq_tiles_cover_every_row_once(interp, bm, align, slots):
         parts.setdefault((b, q0), []).append((jb, je, unit))
         if unit < 0:
             assert (jb, je) == (0, kend)
-        bins.append(min(-(-kend // sn), ha._TILE_BINS - 1) if unit < 0 else None)
+        c = min(-(-kend // sn), ha._TILE_BINS - 1)
+        sbins.append((c + 1) // 2 if unit >= 0 else c)
     split = {u for ps in parts.values() for _, _, u in ps if u >= 0}
     for (b, q0), ps in parts.items():
         kend = min(q0 + bm, lengths[b].item())
@@ -181,13 +182,7 @@ def test_seq_tiles_cover_every_row_once(interp, bm, align, slots):
     assert sorted(split) == list(range(len(split))) and len(split) < max(slots, 1) and len(split) <= T // bm
     if slots:                 # the longest tile had more key tiles than a slot's average load
         assert split
-    # longest first, in key tiles (a split tile's halves: half its bin)
-    sbins = []
-    for s, L, q0, safe, jb, je, unit in zip(*tiles):
-        if L:
-            c = min(-(-min(q0 + bm, L) // sn), ha._TILE_BINS - 1)
-            sbins.append((c + 1) // 2 if unit >= 0 else c)
-    assert sbins == sorted(sbins, reverse=True)
+    assert sbins == sorted(sbins, reverse=True)      # longest first
 
 
 @pytest.mark.parametrize("dtype,H,hg,tol", [(torch.float32, 2, 1, 1e-5), (torch.float16, 4, 4, 1e-2),
