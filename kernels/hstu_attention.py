@@ -796,7 +796,7 @@ if _HAVE_TRITON:
         the key tile at j0; positions past the sequence read its last row (the loads for the
         next tile run one tile past the last)."""
         kpos = j0 + tl.arange(0, BLOCK_N)
-        kk = tl.minimum(kpos, tl.maximum(L - 1, 0))
+        kk = tl.minimum(kpos, L - 1)
         if LOW:
             ts_k = _ts_rows(TS, s + kk, True)
         else:   # (TS + s) + kk: the scalar part first, fewer 64-bit address ops than TS + (s + kk)
@@ -824,8 +824,8 @@ if _HAVE_TRITON:
             bias += _folded_time_weight(ts_q, ts_k, Lut, W_BF16, LUT_BASE, ASM_GATHER)
         else:
             if LOW_TS:  # ts_q / ts_k hold only the low words: the full timestamps for the log path
-                dt = (tl.load(TS + s + tl.minimum(tl.maximum(qpos, 0), tl.maximum(L - 1, 0)))[:, None]
-                      - tl.load(TS + s + tl.minimum(kpos, tl.maximum(L - 1, 0)))[None, :])
+                dt = (tl.load(TS + s + tl.minimum(tl.maximum(qpos, 0), L - 1))[:, None]
+                      - tl.load(TS + s + tl.minimum(kpos, L - 1))[None, :])
             else:
                 dt = ts_q[:, None] - ts_k[None, :]
             bkt = _time_bucket_tl(dt, Thr, num_tb, log2_scale)
@@ -885,7 +885,7 @@ if _HAVE_TRITON:
         jb, je, unit = _tile_keys(Tiles, pid, n_grid)   # keys [jb, je): all, or half of a split tile
         qpos = q0 + tl.arange(0, BLOCK_M)                 # q0 < 0 on a sequence's first tile
         q_ok = (qpos >= 0) & (qpos < L)
-        qrow = s + tl.minimum(tl.maximum(qpos, 0), tl.maximum(L - 1, 0))
+        qrow = s + tl.minimum(tl.maximum(qpos, 0), L - 1)
         ts_q = _ts_rows(TS, qrow, LOW_TS)
         dq = tl.arange(0, BLOCK_DQ)
         dv = tl.arange(0, BLOCK_DV)

@@ -47,6 +47,13 @@ def random_lengths(B: int, max_len: int, generator: torch.Generator | None = Non
     return torch.randint(min_len, max_len + 1, (B,), generator=generator)
 
 
+def key_tiles(lengths, block_m: int, block_n: int) -> int:
+    """(query tile, key tile) pairs the per-sequence attention kernel visits for these sequence
+    lengths (BLOCK_M-row query tiles aligned to the sequence end, keys up to each tile's last row):
+    its work, which depends on the lengths; the padded reference's does not."""
+    return sum(-(-(L - t * block_m) // block_n) for L in lengths for t in range(-(-L // block_m)))
+
+
 def random_jagged_attention_inputs(B: int, max_len: int, H: int, qk_dim: int, v_dim: int,
                                    dtype=torch.float32, device="cpu", num_time_buckets: int = 64,
                                    max_seq_len: int | None = None, min_len: int = 1,

@@ -179,6 +179,9 @@ def test_seq_tiles_cover_every_row_once(interp, bm, align, slots):
         elif L:               # the first tile starts at row 0
             assert min(ends[b]) == bm, b
     assert len(parts) == sum(-(-L // bm) for L in lengths.tolist())
+    if align:                 # the work the benchmark reports (kernels.testing.key_tiles) is the table's
+        assert sum(-(-(je - jb) // align) for ps in parts.values() for jb, je, _ in ps) == \
+            kt.key_tiles(lengths.tolist(), bm, align)
     assert sorted(split) == list(range(len(split))) and len(split) < max(slots, 1) and len(split) <= T // bm
     if slots:                 # the longest tile had more key tiles than a slot's average load
         assert split
