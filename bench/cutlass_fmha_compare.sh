@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# CUTLASS's Hopper FMHA example (examples/88_hopper_fmha in the carried nvidia-cutlass wheel: plain
+# causal softmax attention, fp16, no bias) at the attention targets' B and H with every sequence of
+# length L, d = 64, beside this repo's HSTU kernel at the same lengths (bench/attention_fixed_lengths.py):
+# how fast a CUTLASS-built kernel runs the same matmul work.  On the lent GPU machine (nvcc there):
+#   OUT=<dir> bash bench/cutlass_fmha_compare.sh
+# The example is compiled with its head-dim-64 forward kernels only (the others' bodies are cut).
+set -eo pipefail
+OUT=${OUT:-bench/results}
+W=${FMHA_WORK:-/tmp/fmha88}
+mkdir -p "$OUT" "$W"
+NVCC=$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -1)
+[ -z "$NVCC" ] && { echo "no nvcc here"; exit 1; }
+python3 -m zipfile -e .whl/nvidia_cutlass-*.whl "$W"
+S=$W/cutlass_library/source
+python3 - "$S/examples/88_hopper_fmha" <<'PY'
+import sys
+d = sys.argv[1]
+s = open(f"{d}/88_hopper_fmha.cu").read()
+for name in ["run_fwd_32", "run_fwd_128", "run_fwd_256", "run_bwd_32", "run_bwd_64", "run_bwd_128"]:
+    i = s.index("{", s.index(f"void {name}("))
+    depth, k = 0, i
+    while True:
+        depth += {"{": 1, "}": -1}.get(s[k], 0)
+        if depth == 0:
+            break
+        k += 1
+    s = s[:i] + "{}" + s[k + 1:]
+open(f"{d}/fwd64.cu", "w").write(s)
+PY
+t0=$(date +%s)
+"$NVCC" -std=c++17 -arch=sm_90a -O3 --use_fast_math -DNDEBUG --expt-relaxed-constexpr -I"$S/include" \
+  -I"$S/tools/util/include" -I"$S/examples/common" -o "$W/fmha64" "$S/examples/88_hopper_fmha/fwd64.cu"
+echo "built in $(( $(date +%s) - t0 )) s"
+{
+  "$W/fmha64" --b=4 --h=4 --q=512 --k=512 --d=64 --mask=causal --iterations=5 --verify
+  for s in "64 4 1024" "64 4 512" "256 2 256" "512 2 128"; do
+    set -- $s
+    "$W/fmha64" --b=$1 --h=$2 --q=$3 --k=$3 --d=64 --mask=causal --iterations=200 --verbose
+  done
+} 2>&1 | tee "$OUT/cutlass_fmha.txt"
+python3 bench/attention_fixed_lengths.py --out "$OUT"
