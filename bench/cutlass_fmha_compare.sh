@@ -2,7 +2,10 @@
 # CUTLASS's Hopper FMHA example (examples/88_hopper_fmha in the carried nvidia-cutlass wheel: plain
 # causal softmax attention, fp16, no bias) at the attention targets' B and H with every sequence of
 # length L, d = 64, beside this repo's HSTU kernel at the same lengths (bench/attention_fixed_lengths.py):
-# how fast a CUTLASS-built kernel runs the same matmul work.  On the lent GPU machine (nvcc there):
+# how fast a CUTLASS-built kernel runs the same matmul work.  Then the example's fastest d = 64
+# kernel (TMA, 64 x 128 tiles) with HSTU's SiLU in place of the softmax, without and with a
+# per-score relative bias (bench/cutlass_fmha_hstu.hpp: a timing experiment, not the op).
+# On the lent GPU machine (nvcc there):
 #   OUT=<dir> bash bench/cutlass_fmha_compare.sh
 # The example is compiled with its head-dim-64 forward kernels only (the others' bodies are cut).
 set -eo pipefail
@@ -28,15 +31,34 @@ for name in ["run_fwd_32", "run_fwd_128", "run_fwd_256", "run_bwd_32", "run_bwd_
     s = s[:i] + "{}" + s[k + 1:]
 open(f"{d}/fwd64.cu", "w").write(s)
 PY
+# the HSTU variant's sources: the TMA kernel only, CollectiveSilu in place of CollectiveSoftmax
+H=$W/hstu_fmha
+rm -rf "$H" && cp -r "$S/examples/88_hopper_fmha" "$H"
+grep -v '"tma ws' "$H/fwd64.cu" > "$H/fwd64_hstu.cu"
+sed -i -e 's/CollectiveSoftmax</CollectiveSilu</' \
+  -e "s|#include \"../collective/fmha_collective_softmax.hpp\"|&\n#include \"$PWD/bench/cutlass_fmha_hstu.hpp\"|" \
+  "$H/collective/fmha_collective_tma.hpp"
+grep -q CollectiveSilu "$H/collective/fmha_collective_tma.hpp" && grep -q cutlass_fmha_hstu "$H/collective/fmha_collective_tma.hpp"
+build() {   # output, source, defines...
+  local out=$1 src=$2; shift 2
+  "$NVCC" -std=c++17 -arch=sm_90a -O3 --use_fast_math -DNDEBUG --expt-relaxed-constexpr "$@" -I"$S/include" \
+    -I"$S/tools/util/include" -I"$S/examples/common" -o "$out" "$src"
+}
 t0=$(date +%s)
-"$NVCC" -std=c++17 -arch=sm_90a -O3 --use_fast_math -DNDEBUG --expt-relaxed-constexpr -I"$S/include" \
-  -I"$S/tools/util/include" -I"$S/examples/common" -o "$W/fmha64" "$S/examples/88_hopper_fmha/fwd64.cu"
+build "$W/fmha64" "$S/examples/88_hopper_fmha/fwd64.cu" & p1=$!
+build "$W/fmha64_silu" "$H/fwd64_hstu.cu" & p2=$!
+build "$W/fmha64_silu_bias" "$H/fwd64_hstu.cu" -DHSTU_BIAS=1 & p3=$!
+build "$W/fmha64_silu_bias2" "$H/fwd64_hstu.cu" -DHSTU_BIAS=2 & p4=$!
+wait $p1 && wait $p2 && wait $p3 && wait $p4
 echo "built in $(( $(date +%s) - t0 )) s"
 {
   "$W/fmha64" --b=4 --h=4 --q=512 --k=512 --d=64 --mask=causal --iterations=5 --verify
   for s in "64 4 1024" "64 4 512" "256 2 256" "512 2 128"; do
     set -- $s
-    "$W/fmha64" --b=$1 --h=$2 --q=$3 --k=$3 --d=64 --mask=causal --iterations=200 --verbose
+    for v in fmha64 fmha64_silu fmha64_silu_bias fmha64_silu_bias2; do
+      echo "== $v"
+      "$W/$v" --b=$1 --h=$2 --q=$3 --k=$3 --d=64 --mask=causal --iterations=200 --verbose
+    done
   done
 } 2>&1 | tee "$OUT/cutlass_fmha.txt"
 python3 bench/attention_fixed_lengths.py --out "$OUT"
