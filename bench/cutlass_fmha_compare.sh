@@ -49,13 +49,15 @@ build "$W/fmha64" "$S/examples/88_hopper_fmha/fwd64.cu" & p1=$!
 build "$W/fmha64_silu" "$H/fwd64_hstu.cu" & p2=$!
 build "$W/fmha64_silu_bias" "$H/fwd64_hstu.cu" -DHSTU_BIAS=1 & p3=$!
 build "$W/fmha64_silu_bias2" "$H/fwd64_hstu.cu" -DHSTU_BIAS=2 & p4=$!
-wait $p1 && wait $p2 && wait $p3 && wait $p4
+build "$W/fmha64_silu_pos" "$H/fwd64_hstu.cu" -DHSTU_BIAS=3 & p5=$!
+build "$W/fmha64_silu_time" "$H/fwd64_hstu.cu" -DHSTU_BIAS=4 & p6=$!
+wait $p1 && wait $p2 && wait $p3 && wait $p4 && wait $p5 && wait $p6
 echo "built in $(( $(date +%s) - t0 )) s"
 {
   "$W/fmha64" --b=4 --h=4 --q=512 --k=512 --d=64 --mask=causal --iterations=5 --verify
   for s in "64 4 1024" "64 4 512" "256 2 256" "512 2 128"; do
     set -- $s
-    for v in fmha64 fmha64_silu fmha64_silu_bias fmha64_silu_bias2; do
+    for v in fmha64 fmha64_silu fmha64_silu_bias fmha64_silu_bias2 fmha64_silu_pos fmha64_silu_time; do
       echo "== $v"
       "$W/$v" --b=$1 --h=$2 --q=$3 --k=$3 --d=64 --mask=causal --iterations=200 --verbose
     done

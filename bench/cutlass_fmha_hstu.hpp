@@ -5,7 +5,7 @@
 // the Triton kernels' form); masked scores (-inf from the example's causal fusion) give 0; the
 // output is scaled by 1 / n at the end.
 //
-// HSTU_BIAS (1 or 2, see halve) adds the relative bias per score, computed here for one head (the example's CTAs
+// HSTU_BIAS (1 to 4, see halve) adds the relative bias per score, computed here for one head (the example's CTAs
 // each do one head): pos_w[min(i - j, P - 1)] + time_w[bucket(ts_i - ts_j)], bucket =
 // min(floor(log2(max(|dt|, 1)) * ln 2 / 0.301), 63), with the tables and the timestamps (one
 // sequence's, shared by every batch entry: the experiment times the gathers, it does not
@@ -58,7 +58,8 @@ struct CollectiveSilu {
   // h = (s + bias) / 2, the masked (-inf) ones clamped so that h tanh(h) + h = 0 exactly.
   // HSTU_BIAS == 1: every score loads both timestamps and both weights (4 gathers + a log2);
   // HSTU_BIAS == 2: the (M, N) view of the thread's scores, each row's timestamp and each
-  // column's loaded once per tile (2 gathers + a log2 per score).
+  // column's loaded once per tile (2 gathers + a log2 per score);
+  // HSTU_BIAS == 3 / 4: as 1 with the position weight only / the time weight only.
   template<class AccQK, class TiledMmaQK, class CountQK>
   CUTLASS_DEVICE void halve(AccQK& acc_qk, TiledMmaQK const& tiled_mma_qk, CountQK const& count_qk) {
 #if HSTU_BIAS == 2
@@ -88,10 +89,13 @@ struct CollectiveSilu {
 #if defined(HSTU_BIAS)
       int qi = get<0>(count_qk(i));
       int kj = get<1>(count_qk(i));
-      int rel = min(max(qi - kj, 0), hstu_exp::kPos - 1);
+#if HSTU_BIAS != 4    // 3: the position weight only
+      s += hstu_exp::pos_w[min(max(qi - kj, 0), hstu_exp::kPos - 1)];
+#endif
+#if HSTU_BIAS != 3    // 4: the time weight only
       float x = fmaxf(float(::abs(hstu_exp::ts[qi] - hstu_exp::ts[kj])), 1.f);
-      int b = min(int(__log2f(x) * 2.30279f), 63);
-      s += hstu_exp::pos_w[rel] + hstu_exp::time_w[b];
+      s += hstu_exp::time_w[min(int(__log2f(x) * 2.30279f), 63)];
+#endif
 #endif
       acc_qk(i) = s * 0.5f;
     }
