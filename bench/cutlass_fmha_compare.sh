@@ -3,8 +3,9 @@
 # causal softmax attention, fp16, no bias) at the attention targets' B and H with every sequence of
 # length L, d = 64, beside this repo's HSTU kernel at the same lengths (bench/attention_fixed_lengths.py):
 # how fast a CUTLASS-built kernel runs the same matmul work.  Then the example's fastest d = 64
-# kernel (TMA, 64 x 128 tiles) with HSTU's SiLU in place of the softmax, without and with a
-# per-score relative bias (bench/cutlass_fmha_hstu.hpp: a timing experiment, not the op).
+# kernel (TMA, 64 x 128 tiles) with HSTU's SiLU in place of the softmax: without a bias, with a
+# per-score relative bias in two forms, with its position or time weight only
+# (bench/cutlass_fmha_hstu.hpp: a timing experiment, not the op; docs/perf.md, exploration W).
 # On the lent GPU machine (nvcc there):
 #   OUT=<dir> bash bench/cutlass_fmha_compare.sh
 # The example is compiled with its head-dim-64 forward kernels only (the others' bodies are cut).

@@ -5,8 +5,8 @@
 // the Triton kernels' form); masked scores (-inf from the example's causal fusion) give 0; the
 // output is scaled by 1 / n at the end.
 //
-// HSTU_BIAS (1 to 4, see halve) adds the relative bias per score, computed here for one head (the example's CTAs
-// each do one head): pos_w[min(i - j, P - 1)] + time_w[bucket(ts_i - ts_j)], bucket =
+// HSTU_BIAS (1 to 4, see halve) adds the relative bias per score, computed here for one head
+// (the example's CTAs each do one head): pos_w[min(i - j, P - 1)] + time_w[bucket(ts_i - ts_j)], bucket =
 // min(floor(log2(max(|dt|, 1)) * ln 2 / 0.301), 63), with the tables and the timestamps (one
 // sequence's, shared by every batch entry: the experiment times the gathers, it does not
 // compute the batch's real bias) in global memory, filled with plausible values at start-up.
