@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels.testing import key_tiles, random_lengths  # noqa: E402
 
 
-def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return slope, my - slope * mx
+def draw_key_tiles(B: int, N: int, seed: int, cfg: dict) -> int:
+    """The key tiles of the benchmark's lengths at ``seed``: random_jagged_attention_inputs draws
+    them first from a generator seeded with it (only the lengths: the inputs would take minutes)."""
+    lengths = random_lengths(B, N, torch.Generator().manual_seed(seed), 1).tolist()
+    return key_tiles(lengths, cfg["block_m"], cfg["block_n"])
 
 
 def main() -> None:
@@ -42,10 +43,11 @@ def main() -> None:
         B, N, cfg = r["B"], r["N"], r["default_cfg"]
         points = [(r["key_tiles"], r["triton_default_ms_graph"])] + \
                  [(d["key_tiles"], d["triton_default_ms_graph"]) for d in r["draws"]]
-        slope, icpt = fit_line([p[0] for p in points], [p[1] for p in points])
+        slope, icpt = statistics.linear_regression([p[0] for p in points], [p[1] for p in points])
         pad = r["padded_nobias_ms_graph"]
-        tiles = sorted(key_tiles(random_lengths(B, N, torch.Generator().manual_seed(s), 1).tolist(),
-                                 cfg["block_m"], cfg["block_n"]) for s in range(args.draws))
+        if draw_key_tiles(B, N, B + N, cfg) != r["key_tiles"]:
+            raise SystemExit(f"B={B} N={N}: the lengths drawn here are not the benchmark's (see draw_key_tiles)")
+        tiles = sorted(draw_key_tiles(B, N, s, cfg) for s in range(args.draws))
         median = tiles[len(tiles) // 2]
         max_tiles = (pad / r["target"] - icpt) / slope       # the most key tiles that still meet the target
         row = {"card": run["card"], "B": B, "N": N, "target": r["target"], "draws": args.draws,

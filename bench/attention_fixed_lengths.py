@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.kernels_bench import bench_ms  # noqa: E402
 from kernels import hstu_attention as ha  # noqa: E402
 from kernels.testing import random_jagged_attention_inputs  # noqa: E402
 
@@ -24,7 +25,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
-    import triton.testing as tt
     card = torch.cuda.get_device_name()
     rows = []
     for dtype in (torch.float16, torch.bfloat16):
@@ -32,9 +32,8 @@ def main() -> None:
             a = random_jagged_attention_inputs(B, L, H, 64, 64, dtype=dtype, device="cuda",
                                                lengths=torch.full((B,), L), seed=1, max_seq_len=L, scale=0.5)
             f = lambda: ha.hstu_attention_triton(**a)  # noqa: E731
-            f()
-            graph = tt.do_bench_cudagraph(f, rep=200, return_mode="median")
-            eager = tt.do_bench(f, rep=200, return_mode="median")
+            graph = bench_ms(f, graph=True, rep=200)
+            eager = bench_ms(f, rep=200)
             fl = ha.flops(a["offsets"], H, 64, 64)
             rows.append(dict(card=card, dtype=str(dtype).split(".")[-1], B=B, H=H, L=L, us_graph=round(graph * 1e3, 2),
                              us_eager=round(eager * 1e3, 2), TFLOPs_graph=round(fl / graph / 1e9, 1)))
