@@ -653,10 +653,9 @@ if _HAVE_TRITON:
             tl.atomic_add(Count + c, 1, mask=take)
 
     @triton.jit
-    def _seq_head(acc, q, K, V, kr, k_ok, h, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, inv_n,
-                  QK_DIM: tl.constexpr, V_DIM: tl.constexpr, DIAG: tl.constexpr,
-                  IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
-        """acc += (SiLU(q k^T + bias) / n [causal-masked on a diagonal tile]) @ v for head h."""
+    def _seq_qk(q, K, V, kr, k_ok, h, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh,
+                QK_DIM: tl.constexpr, V_DIM: tl.constexpr, DIAG: tl.constexpr, IEEE: tl.constexpr):
+        """Head h's scores q k^T for the keys at rows ``kr`` (no bias yet), and its V tile."""
         kp = K + kr[:, None] * stride_kt + h * stride_kh + dq[None, :]
         vp = V + kr[:, None] * stride_vt + h * stride_vh + dv[None, :]
         if DIAG:   # the diagonal tile may run past the sequence: masked loads
@@ -665,21 +664,28 @@ if _HAVE_TRITON:
         else:
             kb = tl.load(kp, mask=dq[None, :] < QK_DIM, other=0.0)
             vb = tl.load(vp, mask=dv[None, :] < V_DIM, other=0.0)
-        return _silu_pv(acc, q, kb, vb, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
+        return _dot_qk(q, kb, IEEE), vb
+
+    @triton.jit
+    def _dot_qk(q, kb, IEEE: tl.constexpr):
+        if IEEE:
+            return tl.dot(q, tl.trans(kb), input_precision="ieee")
+        return tl.dot(q, tl.trans(kb))
 
     @triton.jit
     def _silu_pv(acc, q, kb, vb, bias, vis, inv_n, DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
-        """acc += (SiLU(q kb^T + bias) / n [masked by ``vis`` on a diagonal tile]) @ vb.
+        """acc += (SiLU(q kb^T + bias) / n [masked by ``vis`` on a diagonal tile]) @ vb (_silu_v)."""
+        return _silu_v(acc, _dot_qk(q, kb, IEEE), vb, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
+
+    @triton.jit
+    def _silu_v(acc, s, vb, bias, vis, inv_n, DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
+        """acc += (SiLU(s + bias) / n [masked by ``vis`` on a diagonal tile]) @ vb, s = q k^T.
 
         FAST_SILU: the bias tables come halved (``bias`` = bias / 2, exact: a power of two) and the
         1 / n is left to the store (``_store_heads``'s ``scale``): h = (q k^T + bias) / 2 is one
         FMA and SiLU(2h) = 2h (1 + tanh(h)) / 2 = h tanh(h) + h one MUFU op and one FMA, where
         s (1 + tanh(s / 2)) / (2 n) took three besides the MUFU one (docs/perf.md, exploration R).
         P is then rounded to 16 bits before the 1 / n, not after."""
-        if IEEE:
-            s = tl.dot(q, tl.trans(kb), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(kb))
         if FAST_SILU:
             s = s * 0.5 + bias
             a = s * _tanh_approx(s) + s
@@ -831,17 +837,27 @@ if _HAVE_TRITON:
             bkt = _time_bucket_tl(dt, Thr, num_tb, log2_scale)
             bias += tl.load(TimeW + bkt).to(tl.float32)
         kr = (s + kpos).to(tl.int64)
-        acc0 = _seq_head(acc0, q0, K, V, kr, k_ok, h0, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt,
-                         stride_vh, inv_n, QK_DIM, V_DIM, DIAG, IEEE, FAST_SILU)
+        # The heads skewed by one: head h + 1's QK^T is issued before head h's SiLU and PV, so that
+        # the SiLU runs while that wgmma does (Triton waits for each QK^T at once; ptxas moves the
+        # independent SiLU above the wait: docs/perf.md, run 53).
+        s0, v0 = _seq_qk(q0, K, V, kr, k_ok, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM, V_DIM,
+                         DIAG, IEEE)
         if HG > 1:
-            acc1 = _seq_head(acc1, q1, K, V, kr, k_ok, h0 + 1, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt,
-                             stride_vh, inv_n, QK_DIM, V_DIM, DIAG, IEEE, FAST_SILU)
+            s1, v1 = _seq_qk(q1, K, V, kr, k_ok, h0 + 1, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM,
+                             V_DIM, DIAG, IEEE)
+        acc0 = _silu_v(acc0, s0, v0, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
         if HG > 2:
-            acc2 = _seq_head(acc2, q2, K, V, kr, k_ok, h0 + 2, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt,
-                             stride_vh, inv_n, QK_DIM, V_DIM, DIAG, IEEE, FAST_SILU)
+            s2, v2 = _seq_qk(q2, K, V, kr, k_ok, h0 + 2, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM,
+                             V_DIM, DIAG, IEEE)
+        if HG > 1:
+            acc1 = _silu_v(acc1, s1, v1, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
         if HG > 3:
-            acc3 = _seq_head(acc3, q3, K, V, kr, k_ok, h0 + 3, bias, vis, dq, dv, stride_kt, stride_kh, stride_vt,
-                             stride_vh, inv_n, QK_DIM, V_DIM, DIAG, IEEE, FAST_SILU)
+            s3, v3 = _seq_qk(q3, K, V, kr, k_ok, h0 + 3, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM,
+                             V_DIM, DIAG, IEEE)
+        if HG > 2:
+            acc2 = _silu_v(acc2, s2, v2, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
+        if HG > 3:
+            acc3 = _silu_v(acc3, s3, v3, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
         return acc0, acc1, acc2, acc3, ts_n, pos_n
 
     @triton.jit
