@@ -23,7 +23,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from kernels import hstu_attention as ha                                    # noqa: E402
-from kernels.hstu_attention import (_folded_time_weight, _silu_pv, _store_heads,  # noqa: E402
+from kernels.hstu_attention import (_dot_qk, _folded_time_weight, _silu_v, _store_heads,  # noqa: E402
                                      _time_bucket_tl)
 from kernels.testing import random_jagged_attention_inputs, rel_err         # noqa: E402
 
@@ -40,7 +40,7 @@ def _head3(acc, q, Kd, Vd, krow, h, bias, vis, k_ok, inv_n, BLOCK_DQ: tl.constex
     vb = _ld3(Vd, krow, h, BLOCK_DV)
     if DIAG:   # the tile runs past the sequence: other users' rows, zeroed (a NaN there must not leak)
         vb = tl.where(k_ok[:, None], vb, 0.0)
-    return _silu_pv(acc, q, kb, vb, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
+    return _silu_v(acc, _dot_qk(q, kb, IEEE), vb, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
 
 
 @triton.jit
@@ -135,7 +135,7 @@ def attention_tma(q, k, v, offsets, ts_s, pos_w, time_w, attn_n, num_time_bucket
     """bias: 2 = the full relative bias, 1 = position only, 0 = none (timing experiments)."""
     T, H, D = q.shape
     DV = v.shape[-1]
-    fast = q.dtype != torch.float32 and not ha._dispatch.interpreting()   # the op's fast SiLU (_silu_pv)
+    fast = q.dtype != torch.float32 and not ha._dispatch.interpreting()   # the op's fast SiLU (_silu_v)
     thr = ha.bucket_thresholds(num_time_buckets, q.device)
     # the weight-derived tables, kept per weight tensor, as the op keeps them
     pt, nd, lut, _, tw = ha._seq_bias_tables(pos_w, time_w, ha._bias_table(time_w, q.dtype), thr, max_seq_len,

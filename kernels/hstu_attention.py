@@ -435,7 +435,7 @@ if _HAVE_TRITON:
     def _tile_accumulate(acc, q, kb, vt, bias, cols, start, rows, row_ok, inv_n,
                          IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
         """acc += (SiLU(q k^T + bias) / n, causal and same-sequence masked) @ v for one key tile
-        (FAST_SILU: halved bias, 1 / n left to the store, as in _silu_pv)."""
+        (FAST_SILU: halved bias, 1 / n left to the store, as in _silu_v)."""
         vis = (cols[None, :] >= start[:, None]) & (cols[None, :] <= rows[:, None]) & row_ok[:, None]
         kt = tl.permute(kb, (0, 2, 1))                                              # (HP, DQ, BN)
         if IEEE:
@@ -671,11 +671,6 @@ if _HAVE_TRITON:
         if IEEE:
             return tl.dot(q, tl.trans(kb), input_precision="ieee")
         return tl.dot(q, tl.trans(kb))
-
-    @triton.jit
-    def _silu_pv(acc, q, kb, vb, bias, vis, inv_n, DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
-        """acc += (SiLU(q kb^T + bias) / n [masked by ``vis`` on a diagonal tile]) @ vb (_silu_v)."""
-        return _silu_v(acc, _dot_qk(q, kb, IEEE), vb, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
 
     @triton.jit
     def _silu_v(acc, s, vb, bias, vis, inv_n, DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
@@ -937,7 +932,7 @@ if _HAVE_TRITON:
                 safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
                 inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, True, IEEE, FAST_SILU, LUT_W,
                 W_BF16, LUT_BASE, ASM_GATHER, LOW_TS)
-        out_scale = inv_n if FAST_SILU else 1.0          # _silu_pv: FAST_SILU leaves 1 / n to the store
+        out_scale = inv_n if FAST_SILU else 1.0          # _silu_v: FAST_SILU leaves 1 / n to the store
         if unit < 0:
             _store_heads(Out, qrow.to(tl.int64) * stride_ot, q_ok, h0, stride_oh, dv, acc0, acc1, acc2, acc3,
                          out_scale, HG, V_DIM)
@@ -1211,7 +1206,7 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     tw = _bias_table(time_w, q.dtype)
     thr = bucket_thresholds(num_time_buckets, q.device)
     # the fast SiLU (16-bit inputs; not under the interpreter, which has no inline asm) takes the
-    # bias tables halved and leaves 1 / n to the store (_silu_pv, _tile_accumulate)
+    # bias tables halved and leaves 1 / n to the store (_silu_v, _tile_accumulate)
     fast = q.dtype != torch.float32 and not _dispatch.interpreting() and fast_silu
     if not has_q and kernel in ("auto", "seq"):
         return _attention_seq(q, k, v, out, offsets, ts_s, pos_w, time_w, tw, thr, attn_n, num_time_buckets,

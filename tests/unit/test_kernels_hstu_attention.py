@@ -125,7 +125,7 @@ def test_pos_tiles_cover_every_tile(interp, bm, bn, P):
             want = pos_w[rel.clamp(0, P - 1)]
             got = tiles[d * bm:(d + 1) * bm]
             assert torch.equal(got[rel >= 0], want[rel >= 0]), (q0, j0)
-    # the halved tiles of the fast SiLU (_silu_pv), in bf16: exactly half
+    # the halved tiles of the fast SiLU (_silu_v), in bf16: exactly half
     t16, _ = ha.pos_tiles(pos_w, P, bm, bn, torch.bfloat16)
     assert torch.equal(ha.pos_tiles(pos_w, P, bm, bn, torch.bfloat16, 0.5)[0].float(), t16.float() * 0.5)
 
@@ -228,7 +228,7 @@ def test_folded_lut_gives_the_time_weight(interp, dtype, nb):
         return torch.where(up, (e >> 48) & 0xFFFF, (e >> 32) & 0xFFFF).to(torch.int16).view(dtype)
     got = decode(ha.folded_lut(time_w, nb, dtype))
     assert torch.equal(got, time_w.to(dtype)[ha.time_bucket(dt, nb)])
-    # the halved table of the fast SiLU (_silu_pv): exactly half of every weight
+    # the halved table of the fast SiLU (_silu_v): exactly half of every weight
     assert torch.equal(decode(ha.folded_lut(time_w, nb, dtype, 0.5)).float(), got.float() * 0.5)
 
 
