@@ -7,8 +7,8 @@ Writes bench/results/kernels_<card>.json (+ .png plot) with the card's name on e
 number.  Sections: device ceilings, correctness, HSTU attention (config sweep + the
 issue's three targets vs the padded reference), decode (``--decode``: one new query per
 user against Lk cached keys, vs a padded torch decode), norm_mul, retrieval top-k, the CUTLASS
-SiLU projection, and an encoder comparison (pipeline/hstu.py's eager HSTUEncoder vs the
-same weights run through the kernels).
+SiLU projection, and the encoder (pipeline/hstu.py's HSTUEncoder with its ops on the kernels, as
+the torch backend runs it on CUDA, vs the same encoder in eager PyTorch).
 
 Timing: triton.testing.do_bench (CUDA events, median, eager launches: includes the
 Python launch cost when it exceeds the GPU time) and, where the op is graph-capturable,
@@ -19,11 +19,12 @@ All inputs are random (never zeros); lengths are uniform in 1..N.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import contextlib
 import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 import traceback
@@ -548,58 +549,23 @@ def sec_silu_linear(build_wait_s=240):
 
 
 # ----------------------------------------------------------------------------- encoder
-_PH = "unset"
-
-
 def load_pipeline_hstu():
-    """pipeline/hstu.py loaded from its file (not via the pipeline package, whose other
-    modules need services this machine lacks)."""
-    global _PH
-    if _PH != "unset":
-        return _PH
-    path = ROOT / "pipeline" / "hstu.py"
-    _PH = None
-    if path.exists():
-        try:
-            spec = importlib.util.spec_from_file_location("_bench_pipeline_hstu", path)
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules["_bench_pipeline_hstu"] = mod
-            spec.loader.exec_module(mod)
-            _PH = mod
-        except Exception as exc:
-            log(f"  pipeline/hstu.py does not load: {exc!r}")
-    return _PH
-
-
-def fused_encode(model, item_idx, action_idx, ts_ms, offsets, use_cutlass=True):
-    """pipeline.hstu.HSTUEncoder.encode, with the layer body on the kernels:
-    LN -> silu_linear (CUTLASS) -> Triton attention on strided U/V/Q/K views -> norm_mul (Triton)
-    -> output linear + residual (cuBLAS)."""
-    cfg = model.cfg
-    H = cfg.num_heads
-    x = model.item_emb(item_idx) + model.action_emb(action_idx)
-    ts_s = torch.div(ts_ms, 1000, rounding_mode="floor")
-    T = x.shape[0]
-    for layer in model.layers:
-        xn = F.layer_norm(x, (cfg.dim,), layer.norm.weight, layer.norm.bias, layer.norm.eps)
-        if use_cutlass:
-            h = sl.silu_linear(xn, layer.uvqk.weight, layer.uvqk.bias)
-        else:
-            h = F.silu(F.linear(xn, layer.uvqk.weight, layer.uvqk.bias))
-        u, v, q, k = torch.split(h, [H * cfg.v_dim, H * cfg.v_dim, H * cfg.qk_dim, H * cfg.qk_dim], dim=-1)
-        av = ha.hstu_attention(q.reshape(T, H, cfg.qk_dim), k.reshape(T, H, cfg.qk_dim),
-                               v.reshape(T, H, cfg.v_dim), offsets, ts_s, layer.pos_w, layer.time_w,
-                               cfg.attn_n, cfg.num_time_buckets, cfg.max_seq_len)
-        y = nm.norm_mul(av.reshape(T, H * cfg.v_dim), u)
-        x = x + F.linear(y, layer.out.weight, layer.out.bias)            # x + W_o y + b_o
-    return model.final_norm(x)
+    try:
+        from pipeline import hstu
+        return hstu
+    except Exception as exc:
+        log(f"  pipeline.hstu does not import: {exc!r}")
+        return None
 
 
 @section("encoder")
 def sec_encoder(quick=False):
-    ph = load_pipeline_hstu()
-    if ph is None or not hasattr(ph, "HSTUEncoder"):
-        return {"skipped": "pipeline/hstu.py with HSTUEncoder not present"}
+    """pipeline.hstu.HSTUEncoder.encode as the worker's torch backend runs it on CUDA (its layer ops
+    through kernels/: pipeline.encoders.torch_backend.wire_kernels) against the same encoder in
+    eager PyTorch with its padded attention; beside them, in the same run, the backend's previous
+    wiring (the attention kernel only) and the wiring with PyTorch's projection."""
+    from pipeline import hstu as ph
+    from pipeline.encoders.torch_backend import wire_kernels
     rows = []
     for B, S in ((64, 200), (512, 200), (64, 1024), (512, 1024)):
         cfg = ph.HSTUConfig(num_items=100_000, dim=256, num_layers=2, num_heads=2, qk_dim=64, v_dim=64,
@@ -622,25 +588,55 @@ def sec_encoder(quick=False):
         ts_ms = (1_700_000_000_000 + torch.cumsum(torch.randint(0, 10**8, (T,), generator=g), 0)).cuda()
         offsets = offsets.cuda()
         row = {"card": CARD, "B": B, "seq": S, "T": T, "dim": 256, "layers": 2, "H": 2, "d": 64, "dtype": "bf16"}
+        wirings = {   # name -> set_kernels arguments on top of the PyTorch ops
+            "attention_only": dict(attention=ha.hstu_attention),
+            "kernels_torch_projection": dict(attention=ha.hstu_attention, norm_mul=nm.norm_mul,
+                                             batch_context=ha.same_batch),
+            "kernels": None,   # wire_kernels: what the torch backend runs
+        }
+
+        def wire(name):
+            model.set_kernels(attention=ph.hstu_attention_reference, silu_linear=ph.silu_linear_torch,
+                              norm_mul=ph.norm_mul_torch, batch_context=contextlib.nullcontext)
+            if wirings[name] is None:
+                return wire_kernels(model)
+            model.set_kernels(**wirings[name])
+
+        call = lambda: model.encode(item_idx, action_idx, ts_ms, offsets)
         with torch.inference_mode():
             model.set_attention(ph.hstu_attention_padded)
-            eager_pad = lambda: model.encode(item_idx, action_idx, ts_ms, offsets)
-            ref_out = eager_pad().float()
-            fused = lambda: fused_encode(model, item_idx, action_idx, ts_ms, offsets, use_cutlass=True)
-            fused_nc = lambda: fused_encode(model, item_idx, action_idx, ts_ms, offsets, use_cutlass=False)
-            out = fused().float()
-            row["rel_err_fused_vs_eager_padded"] = rel_err(out, ref_out)
-            row["eager_padded_ms_wall"] = wall_ms(eager_pad)
-            row["fused_ms_wall"] = wall_ms(fused)
-            row["fused_torchproj_ms_wall"] = wall_ms(fused_nc)
-            row["fused_ms_graph"] = bench_ms(fused, graph=True)
-            row["speedup_vs_eager_padded_wall"] = row["eager_padded_ms_wall"] / row["fused_ms_wall"]
-            row["speedup_vs_eager_padded_graph_fused"] = row["eager_padded_ms_wall"] / row["fused_ms_graph"]
+            ref_out = call().float()
+            row["eager_padded_ms_wall"] = wall_ms(call)
+            for name in wirings:
+                wired = wire(name)
+                if wired:
+                    row["kernels_wired"] = wired
+                row[f"rel_err_{name}_vs_eager_padded"] = rel_err(call().float(), ref_out)
+                # GPU time: the same layers without encode's input checks (host syncs)
+                row[f"{name}_ms_graph"] = bench_ms(
+                    lambda: model.encode(item_idx, action_idx, ts_ms, offsets, check=False), graph=True)
+            # wall time (call + sync) and host time (until the call returns) of the wirings,
+            # interleaved round by round: these encodes are mostly host-bound, and the host is noisy
+            wall, host = {n: [] for n in wirings}, {n: [] for n in wirings}
+            for _ in range(40):
+                for name in wirings:
+                    wire(name)
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    call()
+                    t1 = time.perf_counter()
+                    torch.cuda.synchronize()
+                    host[name].append((t1 - t0) * 1e3)
+                    wall[name].append((time.perf_counter() - t0) * 1e3)
+            for name in wirings:
+                row[f"{name}_ms_wall"] = statistics.median(wall[name])
+                row[f"{name}_ms_host"] = statistics.median(host[name])
+                row[f"speedup_{name}_vs_eager_padded_wall"] = row["eager_padded_ms_wall"] / row[f"{name}_ms_wall"]
             if not quick and B * S <= 512 * 200:
+                wire("attention_only")
                 model.set_attention(ph.hstu_attention_reference)
-                eager_loop = lambda: model.encode(item_idx, action_idx, ts_ms, offsets)
-                row["eager_jagged_loop_ms_wall"] = wall_ms(eager_loop, reps=3)
-                row["speedup_vs_eager_jagged_loop_wall"] = row["eager_jagged_loop_ms_wall"] / row["fused_ms_wall"]
+                row["eager_jagged_loop_ms_wall"] = wall_ms(call, reps=3)
+                row["speedup_vs_eager_jagged_loop_wall"] = row["eager_jagged_loop_ms_wall"] / row["kernels_ms_wall"]
         rows.append(row)
         log(f"  {row}")
         del model
@@ -648,7 +644,10 @@ def sec_encoder(quick=False):
     return {"rows": rows,
             "note": "eager = pipeline.hstu.HSTUEncoder.encode (bf16) with its padded attention "
                     "(hstu_attention_padded, host-syncing) and, where timed, its jagged loop reference; "
-                    "fused = same weights through kernels.*"}
+                    "kernels = the same encode with its ops wired to kernels/ as the torch backend does "
+                    "(wire_kernels); attention_only = the backend's wiring before 2026-11-27 (the attention "
+                    "kernel only, a tile table per layer under inference_mode); kernels_torch_projection = "
+                    "kernels with F.linear + F.silu for the projection"}
 
 
 # ----------------------------------------------------------------------------- plot
@@ -683,7 +682,7 @@ def plot(path_png):
         vals.append(r["speedup_vs_linear_silu_graph"])
     for r in RESULTS["sections"].get("encoder", {}).get("rows", []) or []:
         labels.append(f"encoder B{r['B']} S{r['seq']}\nvs eager padded")
-        vals.append(r["speedup_vs_eager_padded_wall"])
+        vals.append(r["speedup_kernels_vs_eager_padded_wall"])
     if not vals:
         return
     fig, ax = plt.subplots(figsize=(10, 0.38 * len(vals) + 1.5))
@@ -786,10 +785,12 @@ def summary(path):
                  f"dispatch(v{r['dispatch_variant']}) {r['dispatch_ms_graph']*1e3:.1f}us torch linear+silu {r['torch_linear_silu_ms_graph']*1e3:.1f}us -> x{r['speedup_vs_linear_silu_graph']:.2f} "
                  f"(vs matmul+bias+silu x{r['speedup_vs_matmul_sep_graph']:.2f}); err {r['v0_rel_err']:.1e}")
     for r in s.get("encoder", {}).get("rows", []) or []:
-        L.append(f"encoder B={r['B']} S={r['seq']} T={r['T']}: eager padded {r['eager_padded_ms_wall']:.2f}ms, "
-                 f"fused {r['fused_ms_wall']:.2f}ms wall / {r['fused_ms_graph']:.2f}ms graph -> "
-                 f"x{r['speedup_vs_eager_padded_wall']:.1f}; loop-ref {r.get('eager_jagged_loop_ms_wall')}; "
-                 f"err {r['rel_err_fused_vs_eager_padded']:.1e}")
+        L.append(f"encoder B={r['B']} S={r['seq']} T={r['T']}: eager padded {r['eager_padded_ms_wall']:.2f}ms; "
+                 + "; ".join(f"{n} {r[f'{n}_ms_wall']:.2f}ms wall / {r[f'{n}_ms_host']:.2f}ms host / "
+                             f"{r[f'{n}_ms_graph'] or float('nan'):.3f}ms graph "
+                             f"x{r[f'speedup_{n}_vs_eager_padded_wall']:.1f} err {r[f'rel_err_{n}_vs_eager_padded']:.1e}"
+                             for n in ("kernels", "attention_only", "kernels_torch_projection"))
+                 + f"; loop-ref {r.get('eager_jagged_loop_ms_wall')}")
     for k, v in s.items():
         if "error" in v:
             L.append(f"SECTION {k} ERROR: {v['error'][:300]}")

@@ -43,8 +43,10 @@ Implementations
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import threading
 import weakref
 
 import torch
@@ -1000,6 +1002,26 @@ def seq_config(H: int, qk_dim: int, v_dim: int, dtype: torch.dtype) -> dict:
 
 
 _TILES_CACHE: dict = {}
+_BATCH = threading.local()
+
+
+@contextlib.contextmanager
+def same_batch():
+    """Scope of one forward pass over one batch: inside it the per-sequence kernel's tile table
+    (:func:`_seq_tiles`) is built once for the ``offsets`` / ``ts_s`` tensors its calls share,
+    also for inference tensors (``torch.inference_mode``), which have no version counter to show
+    an in-place change. The caller promises not to change them in place inside the scope.
+    ``HSTUEncoder`` enters it around its layers (``set_kernels(batch_context=same_batch)``), so
+    that the layers share one table; re-entrant; the table is dropped when the outermost scope
+    ends."""
+    depth = getattr(_BATCH, "depth", 0)
+    _BATCH.depth = depth + 1
+    try:
+        yield
+    finally:
+        _BATCH.depth = depth
+        if depth == 0 and _TILES_CACHE.get("last", (None,) * 5)[4]:
+            _TILES_CACHE.pop("last", None)
 # Key splits of the per-sequence kernel (_attention_seq): a query tile is split when it has more than
 # SPLIT_MIN_KEYS keys and more key tiles than total / (SPLIT_PROGRAMS_PER_SM x SMs).  1.6: the best of
 # 1 / 1.33 / 1.6 / 2 programs per SM at B=64 N=1024 H=4 over five length draws (docs/perf.md, run 40):
@@ -1038,12 +1060,13 @@ def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, 
     ``block_m``), a counting sort, so that the GPU's block scheduler runs the longest programs
     first and the short ones fill the tail (docs/kernels.md).
 
-    The last table is kept for the same ``offsets`` and ``ts_s`` tensors (same objects,
-    unmodified): the encoder's layers share one (outside ``torch.inference_mode``, whose tensors
-    have no version counter)."""
-    # inference tensors (torch.inference_mode) have no version counter: no reuse for them
-    cacheable = not (offsets.is_inference() or ts_s.is_inference())
-    key = (T, block_m, align_n, split_slots, n_hg, offsets._version, ts_s._version) if cacheable else None
+    The last table is kept for the same ``offsets`` and ``ts_s`` tensors (same objects, unmodified:
+    their version counters), and inside :func:`same_batch` also for inference tensors, which have
+    none: the encoder's layers share one."""
+    inference = offsets.is_inference() or ts_s.is_inference()
+    in_batch = getattr(_BATCH, "depth", 0) > 0
+    cacheable = in_batch or not inference
+    key = (T, block_m, align_n, split_slots, n_hg) + (() if inference else (offsets._version, ts_s._version))
     hit = _TILES_CACHE.get("last")
     if cacheable and hit is not None and hit[0]() is offsets and hit[1]() is ts_s and hit[2] == key:
         return hit[3]
@@ -1065,7 +1088,7 @@ def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, 
     _seq_slots_kernel[(B,)](offsets, safe, buf, count, cursor, buf[-1:], G, units, min_split, **meta, num_warps=2)
     tiles = buf[:7 * G].view(7, G)
     if cacheable:
-        _TILES_CACHE["last"] = (weakref.ref(offsets), weakref.ref(ts_s), key, tiles)
+        _TILES_CACHE["last"] = (weakref.ref(offsets), weakref.ref(ts_s), key, tiles, in_batch)
     return tiles
 
 

@@ -146,13 +146,13 @@ def extend(
     q_off = _offsets(new_len)
     H, dk = cfg.num_heads, cfg.num_heads * cfg.qk_dim
     for li, layer in enumerate(encoder.layers):
-        u, v, q, k = layer.project(x)
+        u, v, q, k = layer.project(x, encoder.silu_linear)
         kv = torch.cat([k.reshape(Tn, dk), v.reshape(Tn, -1)], 1).to(arena.kv.dtype)
         kv_all = arena.kv[li].index_select(0, gather).index_copy_(0, new_at, kv).to(q.dtype)
         arena.kv[li].index_copy_(0, dst, kv)
         av = attention(q, kv_all[:, :dk].view(Tk, H, -1), kv_all[:, dk:].view(Tk, H, -1), kv_off, ts_all,
                        layer.pos_w, layer.time_w, cfg.attn_n, cfg.num_time_buckets, q_offsets=q_off)
-        x = layer.combine(x, u, av)
+        x = layer.combine(x, u, av, encoder.norm_mul)
     last = torch.cumsum(new_len, 0) - 1
     emb = F.normalize(encoder.final_norm(x[last]), dim=-1).float()
     first_page = torch.where(keep_t, ptab[:, 0], arena.num_pages)

@@ -49,8 +49,9 @@ Deliberate differences from the paper / reference code, all small:
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -258,6 +259,18 @@ def _attention_padded_group(q, k, v, offsets, q_offsets, ts_s, pos_w, time_w, at
 
 
 AttentionFn = Callable[..., Tensor]
+SiluLinearFn = Callable[[Tensor, Tensor, Tensor], Tensor]   # (x, weight, bias) -> SiLU(x W^T + b)
+NormMulFn = Callable[[Tensor, Tensor], Tensor]              # (av, u) -> u * LayerNorm(av)
+
+
+def silu_linear_torch(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Equation (1)'s projection, SiLU(x W^T + b), in PyTorch."""
+    return F.silu(F.linear(x, weight, bias))
+
+
+def norm_mul_torch(av: Tensor, u: Tensor) -> Tensor:
+    """Equation (3)'s gate, u * LayerNorm(av) (no affine, eps 1e-6), in PyTorch."""
+    return u * F.layer_norm(av, (av.shape[-1],), eps=1e-6)
 
 
 class HSTULayer(nn.Module):
@@ -272,26 +285,26 @@ class HSTULayer(nn.Module):
         self.out = nn.Linear(H * cfg.v_dim, cfg.dim)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, silu_linear: SiluLinearFn = silu_linear_torch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Equation (1): u (T, H*v_dim), v (T, H, v_dim), q and k (T, H, qk_dim) of each row."""
         cfg = self.cfg
         T, H = x.shape[0], cfg.num_heads
-        h = F.silu(self.uvqk(self.norm(x)))
+        h = silu_linear(self.norm(x), self.uvqk.weight, self.uvqk.bias)
         u, v, q, k = torch.split(
             h, [H * cfg.v_dim, H * cfg.v_dim, H * cfg.qk_dim, H * cfg.qk_dim], dim=-1
         )
         return u, v.reshape(T, H, cfg.v_dim), q.reshape(T, H, cfg.qk_dim), k.reshape(T, H, cfg.qk_dim)
 
-    def combine(self, x: Tensor, u: Tensor, av: Tensor) -> Tensor:
+    def combine(self, x: Tensor, u: Tensor, av: Tensor, norm_mul: NormMulFn = norm_mul_torch) -> Tensor:
         """Equation (3): ``x + W_o (u * LayerNorm(av)) + b_o`` with av (T, H, v_dim)."""
-        av = av.reshape(x.shape[0], -1)
-        y = u * F.layer_norm(av, (av.shape[-1],), eps=1e-6)
+        y = norm_mul(av.reshape(x.shape[0], -1), u)
         return x + self.dropout(self.out(y))
 
-    def forward(self, x: Tensor, offsets: Tensor, ts_s: Tensor, attention: AttentionFn) -> Tensor:
-        u, v, q, k = self.project(x)
+    def forward(self, x: Tensor, offsets: Tensor, ts_s: Tensor, attention: AttentionFn,
+                silu_linear: SiluLinearFn = silu_linear_torch, norm_mul: NormMulFn = norm_mul_torch) -> Tensor:
+        u, v, q, k = self.project(x, silu_linear)
         av = attention(q, k, v, offsets, ts_s, self.pos_w, self.time_w, self.cfg.attn_n, self.cfg.num_time_buckets)
-        return self.combine(x, u, av)
+        return self.combine(x, u, av, norm_mul)
 
 
 class HSTUEncoder(SequenceEncoder):
@@ -305,10 +318,12 @@ class HSTUEncoder(SequenceEncoder):
         self.layers = nn.ModuleList(HSTULayer(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.dim)
         self.input_dropout = nn.Dropout(cfg.dropout)
-        # The attention op. The jagged reference by default; training swaps in the padded
-        # variant; a kernel dispatcher (kernels/hstu_attention.py) may swap in a fused op
-        # with the same signature.
+        # The layer ops. PyTorch by default (the jagged reference attention); training swaps
+        # in the padded attention; the torch backend on CUDA swaps in kernels/ (set_kernels).
         self.attention: AttentionFn = hstu_attention_reference
+        self.silu_linear: SiluLinearFn = silu_linear_torch
+        self.norm_mul: NormMulFn = norm_mul_torch
+        self.batch_context: Callable[[], ContextManager] = contextlib.nullcontext
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -323,17 +338,32 @@ class HSTUEncoder(SequenceEncoder):
     def set_attention(self, fn: AttentionFn) -> None:
         self.attention = fn
 
+    def set_kernels(self, *, attention: AttentionFn | None = None, silu_linear: SiluLinearFn | None = None,
+                    norm_mul: NormMulFn | None = None,
+                    batch_context: Callable[[], ContextManager] | None = None) -> None:
+        """Swap layer ops for implementations of the same math (``None`` keeps the current one).
+        ``batch_context()`` is entered around the layers of each ``encode``: the kernels use it to
+        build per-batch tables once for all layers (``kernels.hstu_attention.same_batch``)."""
+        self.attention = attention or self.attention
+        self.silu_linear = silu_linear or self.silu_linear
+        self.norm_mul = norm_mul or self.norm_mul
+        self.batch_context = batch_context or self.batch_context
+
     def embed_events(self, item_idx: Tensor, action_idx: Tensor) -> Tensor:
         """The first layer's input: item embedding + action-type embedding, (T, dim)."""
         return self.input_dropout(self.item_emb(item_idx) + self.action_emb(action_idx))
 
-    def encode(self, item_idx: Tensor, action_idx: Tensor, ts_ms: Tensor, offsets: Tensor) -> Tensor:
-        """Every position's output, (T, dim), for a jagged batch (values + offsets)."""
-        self._check(item_idx, action_idx, ts_ms, offsets)
+    def encode(self, item_idx: Tensor, action_idx: Tensor, ts_ms: Tensor, offsets: Tensor,
+               check: bool = True) -> Tensor:
+        """Every position's output, (T, dim), for a jagged batch (values + offsets).
+        ``check=False`` skips the input checks, which read ``offsets`` on the host (CUDA-graph capture)."""
+        if check:
+            self._check(item_idx, action_idx, ts_ms, offsets)
         x = self.embed_events(item_idx, action_idx)
         ts_s = torch.div(ts_ms, 1000, rounding_mode="floor")
-        for layer in self.layers:
-            x = layer(x, offsets, ts_s, self.attention)
+        with self.batch_context():
+            for layer in self.layers:
+                x = layer(x, offsets, ts_s, self.attention, self.silu_linear, self.norm_mul)
         return self.final_norm(x)
 
 

@@ -1,8 +1,8 @@
 """The ``torch`` encoder backend: the model's own jagged ``HSTUEncoder.forward``.
 
 Eager by default; ``compile=True`` wraps it in ``torch.compile(dynamic=True)``. On CUDA it
-swaps in the kernel dispatcher of ``kernels/hstu_attention.py`` (Triton where it runs, the
-PyTorch reference otherwise), which has the attention signature of ``pipeline.hstu``.
+routes the layer ops through ``kernels/`` (:func:`wire_kernels`: Triton attention and norm gate,
+CUTLASS input projection, each falling back to PyTorch where its kernel cannot run).
 ``dtype="fp16"|"bf16"`` runs a half-precision copy of the encoder (GPU use; outputs float32).
 Always available: it is the end of the fallback chain.
 """
@@ -21,6 +21,31 @@ log = logging.getLogger("streamrec.encoders")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def wire_kernels(enc) -> list[str]:
+    """Route an ``HSTUEncoder``'s layer ops through the dispatchers of ``kernels/``: the attention
+    (Triton), the input projection's GEMM + bias + SiLU (CUTLASS) and the ``u * LayerNorm(av)``
+    gate (Triton), and one attention tile table per forward pass for all layers
+    (``kernels.hstu_attention.same_batch``). Each dispatcher still takes the PyTorch path where
+    its kernel cannot run (CPU tensors, export, autograd; ``silu_linear`` below 4096 rows and
+    without a CUTLASS library). The CUTLASS library is loaded here, or built on a first start
+    where nvcc and the ``nvidia-cutlass`` headers are (about a minute, then cached: docs/kernels.md).
+    Returns one line per op saying what runs it, for ``describe()``; [] for a model without
+    these ops (SASRec)."""
+    if not hasattr(enc, "set_kernels"):
+        return []
+    from kernels import hstu_attention as ha
+    from kernels import norm_mul as nm
+    from kernels import silu_linear as sl
+
+    enc.set_kernels(attention=ha.hstu_attention, silu_linear=sl.silu_linear, norm_mul=nm.norm_mul,
+                    batch_context=ha.same_batch)
+    ok, why = sl.available()
+    if not ok:
+        log.info("torch encoder: the input projection runs in PyTorch: %s", why)
+    proj = f"silu_linear: CUTLASS from {sl.MIN_ROWS_FOR_CUTLASS} rows" if ok else "silu_linear: PyTorch"
+    return ["hstu_attention: Triton", "norm_mul: Triton", proj]
+
+
 class TorchBackend(EncoderBackend):
     name = "torch"
 
@@ -35,15 +60,13 @@ class TorchBackend(EncoderBackend):
         enc = enc.to(self.device).eval()
         if dtype != "fp32":
             enc = enc.to(_DTYPES[dtype])
-        self.kernels = False
+        self.kernels: list[str] = []
         if self.device.type == "cuda" and use_kernels:
             try:
-                from kernels.hstu_attention import hstu_attention
-
-                enc.set_attention(hstu_attention)
-                self.kernels = True
+                self.kernels = wire_kernels(enc)
+                log.info("torch encoder on %s: %s", self.device, "; ".join(self.kernels) or "no kernels for this model")
             except Exception as e:  # pragma: no cover - depends on the install
-                log.warning("torch encoder: kernels.hstu_attention unusable (%r); using the PyTorch reference", e)
+                log.warning("torch encoder: kernels/ unusable (%r); using the PyTorch ops", e)
         self.encoder = enc
         self.dtype = dtype
         self.compiled = bool(compile)
@@ -64,6 +87,5 @@ class TorchBackend(EncoderBackend):
 
     def describe(self) -> str:
         parts = [f"torch {torch.__version__}", str(self.device), self.dtype, "eager" if not self.compiled else "torch.compile"]
-        if self.kernels:
-            parts.append("kernels.hstu_attention")
+        parts += self.kernels
         return ", ".join(parts)

@@ -21,12 +21,12 @@ pytestmark = [
 @pytest.mark.parametrize("budget,slack", [(1 << 20, 6), (6_000, 6), (1 << 20, 1)],
                          ids=["roomy", "tiny-budget-evictions", "exact-sliding-window"])
 def test_random_streams_on_cuda_equal_full_reencode(dtype, tol, budget, slack):
-    from kernels.hstu_attention import hstu_attention
+    from pipeline.encoders.torch_backend import wire_kernels
     from pipeline.hot_states import HotStates
     from pipeline.recommender import build_jagged
 
     enc = _encoder(dtype=dtype).cuda()
-    enc.set_attention(hstu_attention)
+    wire_kernels(enc)   # as the torch backend: every layer op through kernels/
     hot = HotStates(enc, budget, device="cuda", page_rows=4)
     rng = random.Random(budget + slack)
     stream = Stream(12, cap=24, seed=budget)

@@ -186,3 +186,41 @@ def test_silu_linear_cutlass_gpu(dtype, M, N, K):
     ref = sl.silu_linear_reference(x.double(), w.double(), b.double())
     from kernels.testing import rel_err
     assert rel_err(out, ref) < 1e-2
+
+
+@pytest.mark.parametrize("B,S", [(64, 200), (16, 1024)])
+def test_wired_encoder_gpu(B, S):
+    """HSTUEncoder with its ops wired to kernels/ as the torch backend does (wire_kernels: CUTLASS
+    projection where its library loads, Triton attention and norm gate, one tile table per encode)
+    gives the PyTorch encoder's output in bf16; these batches have M >= 4096 rows, where the
+    dispatcher takes CUTLASS whenever its library loads (``wired`` says whether it did)."""
+    from kernels import silu_linear as sl
+    from kernels.testing import rel_err
+    from pipeline import hstu as ph
+    from pipeline.encoders.torch_backend import wire_kernels
+    cfg = ph.HSTUConfig(num_items=1000, dim=256, num_layers=2, num_heads=2, qk_dim=64, v_dim=64, max_seq_len=S,
+                        attn_n=S, num_time_buckets=64)
+    torch.manual_seed(B + S)
+    enc = ph.HSTUEncoder(cfg).cuda().eval()
+    with torch.no_grad():
+        for layer in enc.layers:
+            layer.pos_w.normal_(0, 0.3)
+            layer.time_w.normal_(0, 0.3)
+            layer.uvqk.bias.normal_(0, 0.1)
+    enc = enc.to(torch.bfloat16)
+    g = torch.Generator().manual_seed(S)
+    lengths = torch.randint(1, S + 1, (B,), generator=g)
+    lengths[0] = S
+    offsets = torch.zeros(B + 1, dtype=torch.int64)
+    offsets[1:] = lengths.cumsum(0)
+    T = int(offsets[-1])
+    batch = (torch.randint(0, 1000, (T,), generator=g).cuda(), torch.randint(0, cfg.num_actions, (T,), generator=g).cuda(),
+             (1_700_000_000_000 + torch.randint(0, 10**8, (T,), generator=g).cumsum(0)).cuda(), offsets.cuda())
+    with torch.inference_mode():
+        want = enc.encode(*batch).float()
+        wired = wire_kernels(enc)
+        got = enc.encode(*batch).float()
+    ok, why = sl.available()
+    assert wired[2] == (f"silu_linear: CUTLASS from {sl.MIN_ROWS_FOR_CUTLASS} rows" if ok else "silu_linear: PyTorch"), why
+    assert T >= sl.MIN_ROWS_FOR_CUTLASS
+    assert rel_err(got, want) < 2e-2

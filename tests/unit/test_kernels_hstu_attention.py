@@ -63,6 +63,71 @@ def test_inference_mode_tensors(interp):
     assert kt.rel_err(out, _ref64(dict(a, ts_s=b["ts_s"].clone()), ha)) < 1e-5
 
 
+def test_same_batch_shares_the_tile_table_of_inference_tensors(interp):
+    """Inside same_batch() calls on the same offsets / ts_s build one tile table, also for
+    inference tensors (which test_inference_mode_tensors shows are rebuilt outside it); the
+    scope's end drops it."""
+    ha = interp
+    a = kt.random_jagged_attention_inputs(4, 30, 2, 16, 16, seed=8)
+    ref = _ref64(a, ha)
+    with torch.inference_mode():
+        b = {n: (t.clone() if isinstance(t, torch.Tensor) else t) for n, t in a.items()}
+        ha.hstu_attention_triton(**b)
+        outside = ha.LAST_LAUNCH["tiles"]
+        ha.hstu_attention_triton(**b)
+        assert ha.LAST_LAUNCH["tiles"] is not outside
+        with ha.same_batch():
+            out1 = ha.hstu_attention_triton(**b)
+            first = ha.LAST_LAUNCH["tiles"]
+            with ha.same_batch():                  # re-entrant
+                out2 = ha.hstu_attention_triton(**b)
+            assert ha.LAST_LAUNCH["tiles"] is first
+            ha.hstu_attention_triton(**b, block_m=32)       # another config: its own table
+            assert ha.LAST_LAUNCH["tiles"] is not first
+        assert "last" not in ha._TILES_CACHE
+    assert torch.equal(out1, out2) and kt.rel_err(out1, ref) < 1e-5
+
+
+def test_wired_encoder_matches_torch_and_its_layers_share_one_tile_table(interp):
+    """pipeline.encoders.torch_backend.wire_kernels (what the torch backend does on CUDA) gives the
+    PyTorch encoder's output; its 2 layers use one tile table per encode, under inference_mode."""
+    hstu = pytest.importorskip("pipeline.hstu")
+    from pipeline.encoders.torch_backend import wire_kernels
+    ha = interp
+    torch.manual_seed(0)
+    cfg = hstu.HSTUConfig(num_items=50, dim=32, num_layers=2, num_heads=2, qk_dim=16, v_dim=16, max_seq_len=40,
+                          attn_n=40, num_time_buckets=24)
+    enc = hstu.HSTUEncoder(cfg).eval()
+    with torch.no_grad():
+        for layer in enc.layers:
+            layer.pos_w.normal_(0, 0.5)
+            layer.time_w.normal_(0, 0.5)
+            layer.uvqk.bias.normal_(0, 0.1)
+    lengths = torch.tensor([7, 1, 33, 20])
+    offsets = torch.zeros(5, dtype=torch.int64)
+    offsets[1:] = lengths.cumsum(0)
+    g = torch.Generator().manual_seed(1)
+    T = int(offsets[-1])
+    items = torch.randint(0, 50, (T,), generator=g)
+    actions = torch.randint(0, cfg.num_actions, (T,), generator=g)
+    ts = 1_700_000_000_000 + torch.randint(0, 10**9, (T,), generator=g).cumsum(0)
+    tables = []
+
+    def attention(*args, **kw):
+        out = ha.hstu_attention(*args, **kw)
+        tables.append(ha.LAST_LAUNCH["tiles"])
+        return out
+
+    with torch.inference_mode():
+        want = enc.encode(items, actions, ts, offsets)
+        assert len(wire_kernels(enc)) == 3 and enc.norm_mul is not hstu.norm_mul_torch
+        enc.set_kernels(attention=attention)
+        got = enc.encode(items, actions, ts, offsets)
+        enc.encode(items, actions, ts, offsets)
+    assert kt.rel_err(got, want) < 1e-5
+    assert len(tables) == 4 and tables[0] is tables[1] and tables[2] is tables[3] and tables[0] is not tables[2]
+
+
 def test_empty_sequences_and_strided_views(interp):
     ha = interp
     lengths = torch.tensor([0, 5, 0, 9, 1])
