@@ -40,6 +40,9 @@ def wire_kernels(enc) -> list[str]:
     enc.set_kernels(attention=ha.hstu_attention, silu_linear=sl.silu_linear, norm_mul=nm.norm_mul,
                     batch_context=ha.same_batch)
     ok, why = sl.available()
+    dtype = next(enc.parameters()).dtype
+    if ok and dtype not in (torch.bfloat16, torch.float16):
+        ok, why = False, f"the CUTLASS kernel takes bf16 or fp16; the encoder is {dtype}"
     if not ok:
         log.info("torch encoder: the input projection runs in PyTorch: %s", why)
     proj = f"silu_linear: CUTLASS from {sl.MIN_ROWS_FOR_CUTLASS} rows" if ok else "silu_linear: PyTorch"
