@@ -36,13 +36,17 @@ def wire_kernels(enc) -> list[str]:
     from kernels import hstu_attention as ha
     from kernels import norm_mul as nm
     from kernels import silu_linear as sl
+    from kernels._dispatch import requested_impl
 
     enc.set_kernels(attention=ha.hstu_attention, silu_linear=sl.silu_linear, norm_mul=nm.norm_mul,
                     batch_context=ha.same_batch)
-    ok, why = sl.available()
     dtype = next(enc.parameters()).dtype
-    if ok and dtype not in (torch.bfloat16, torch.float16):
+    if requested_impl("silu_linear", None) == "reference":
+        ok, why = False, "STREAMREC_KERNELS(_SILU_LINEAR)=reference"
+    elif dtype not in (torch.bfloat16, torch.float16):
         ok, why = False, f"the CUTLASS kernel takes bf16 or fp16; the encoder is {dtype}"
+    else:
+        ok, why = sl.available()   # loads the library, or builds it (once per machine)
     if not ok:
         log.info("torch encoder: the input projection runs in PyTorch: %s", why)
     proj = f"silu_linear: CUTLASS from {sl.MIN_ROWS_FOR_CUTLASS} rows" if ok else "silu_linear: PyTorch"

@@ -128,6 +128,23 @@ def test_wired_encoder_matches_torch_and_its_layers_share_one_tile_table(interp)
     assert len(tables) == 4 and tables[0] is tables[1] and tables[2] is tables[3] and tables[0] is not tables[2]
 
 
+def test_wire_kernels_projection_without_building_cutlass(interp, monkeypatch):
+    """wire_kernels neither loads nor builds the CUTLASS library for an fp32 encoder or when the
+    projection is forced to PyTorch, and says so in its description."""
+    hstu = pytest.importorskip("pipeline.hstu")
+    from kernels import silu_linear as sl
+    from pipeline.encoders.torch_backend import wire_kernels
+
+    def no_build():
+        raise AssertionError("the CUTLASS library was asked for")
+
+    monkeypatch.setattr(sl, "available", no_build)
+    cfg = hstu.HSTUConfig(num_items=10, dim=16, num_layers=1, num_heads=1, qk_dim=8, v_dim=8, max_seq_len=8, attn_n=8)
+    assert wire_kernels(hstu.HSTUEncoder(cfg))[2] == "silu_linear: PyTorch"               # fp32
+    monkeypatch.setenv("STREAMREC_KERNELS_SILU_LINEAR", "reference")
+    assert wire_kernels(hstu.HSTUEncoder(cfg).to(torch.bfloat16))[2] == "silu_linear: PyTorch"
+
+
 def test_empty_sequences_and_strided_views(interp):
     ha = interp
     lengths = torch.tensor([0, 5, 0, 9, 1])
