@@ -269,15 +269,13 @@ def sec_attention(quick=False):
         for name, fn in (("padded_nobias", pad_nb), ("padded_bias", pad_b)):
             row[f"{name}_ms_eager"] = bench_ms(fn, rep=200)
             row[f"{name}_ms_graph"] = bench_ms(fn, graph=True, rep=200)
-        # the model engineer's padded training path (pipeline/hstu.py), if present: host-syncing
-        ph = load_pipeline_hstu()
-        if ph is not None and hasattr(ph, "hstu_attention_padded"):
-            args9 = [a[n] for n in ("q", "k", "v", "offsets", "ts_s", "pos_w", "time_w", "attn_n",
-                                    "num_time_buckets")]
-            try:
-                row["pipeline_padded_ms_wall"] = wall_ms(lambda: ph.hstu_attention_padded(*args9))
-            except Exception as exc:
-                row["pipeline_padded_error"] = str(exc)[:200]
+        # the model's padded training path (pipeline/hstu.py): host-syncing
+        from pipeline.hstu import hstu_attention_padded
+        args9 = [a[n] for n in ("q", "k", "v", "offsets", "ts_s", "pos_w", "time_w", "attn_n", "num_time_buckets")]
+        try:
+            row["pipeline_padded_ms_wall"] = wall_ms(lambda: hstu_attention_padded(*args9))
+        except Exception as exc:
+            row["pipeline_padded_error"] = str(exc)[:200]
         # headline = the default config (what the dispatcher runs), re-timed after the sweep; the
         # sweep's best (a minimum over noisy timings) is kept beside it
         tb = row["triton_default_ms_graph"]
@@ -549,15 +547,6 @@ def sec_silu_linear(build_wait_s=240):
 
 
 # ----------------------------------------------------------------------------- encoder
-def load_pipeline_hstu():
-    try:
-        from pipeline import hstu
-        return hstu
-    except Exception as exc:
-        log(f"  pipeline.hstu does not import: {exc!r}")
-        return None
-
-
 @section("encoder")
 def sec_encoder(quick=False):
     """pipeline.hstu.HSTUEncoder.encode as the worker's torch backend runs it on CUDA (its layer ops
@@ -565,19 +554,13 @@ def sec_encoder(quick=False):
     eager PyTorch with its padded attention; beside them, in the same run, the backend's previous
     wiring (the attention kernel only) and the wiring with PyTorch's projection."""
     from pipeline import hstu as ph
+    from pipeline.encoders.testing import random_encoder
     from pipeline.encoders.torch_backend import wire_kernels
     rows = []
     for B, S in ((64, 200), (512, 200), (64, 1024), (512, 1024)):
         cfg = ph.HSTUConfig(num_items=100_000, dim=256, num_layers=2, num_heads=2, qk_dim=64, v_dim=64,
                             max_seq_len=S, attn_n=S, num_time_buckets=64)
-        torch.manual_seed(B + S)
-        model = ph.HSTUEncoder(cfg).cuda().eval()
-        with torch.no_grad():
-            for layer in model.layers:   # non-trivial biases (the init zeroes them)
-                layer.pos_w.normal_(0, 0.3)
-                layer.time_w.normal_(0, 0.3)
-                layer.uvqk.bias.normal_(0, 0.1)
-        model = model.to(torch.bfloat16)
+        model = random_encoder(cfg, seed=B + S, device="cuda").to(torch.bfloat16)
         g = torch.Generator().manual_seed(S)
         lengths = torch.randint(1, S + 1, (B,), generator=g)
         offsets = torch.zeros(B + 1, dtype=torch.int64)

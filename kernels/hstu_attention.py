@@ -1020,7 +1020,7 @@ def same_batch():
         yield
     finally:
         _BATCH.depth = depth
-        if depth == 0 and _TILES_CACHE.get("last", (None,) * 5)[4]:
+        if depth == 0:
             _TILES_CACHE.pop("last", None)
 # Key splits of the per-sequence kernel (_attention_seq): a query tile is split when it has more than
 # SPLIT_MIN_KEYS keys and more key tiles than total / (SPLIT_PROGRAMS_PER_SM x SMs).  1.6: the best of
@@ -1064,8 +1064,7 @@ def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, 
     their version counters), and inside :func:`same_batch` also for inference tensors, which have
     none: the encoder's layers share one."""
     inference = offsets.is_inference() or ts_s.is_inference()
-    in_batch = getattr(_BATCH, "depth", 0) > 0
-    cacheable = in_batch or not inference
+    cacheable = getattr(_BATCH, "depth", 0) > 0 or not inference
     key = (T, block_m, align_n, split_slots, n_hg) + (() if inference else (offsets._version, ts_s._version))
     hit = _TILES_CACHE.get("last")
     if cacheable and hit is not None and hit[0]() is offsets and hit[1]() is ts_s and hit[2] == key:
@@ -1088,7 +1087,7 @@ def _seq_tiles(offsets: torch.Tensor, ts_s: torch.Tensor, T: int, block_m: int, 
     _seq_slots_kernel[(B,)](offsets, safe, buf, count, cursor, buf[-1:], G, units, min_split, **meta, num_warps=2)
     tiles = buf[:7 * G].view(7, G)
     if cacheable:
-        _TILES_CACHE["last"] = (weakref.ref(offsets), weakref.ref(ts_s), key, tiles, in_batch)
+        _TILES_CACHE["last"] = (weakref.ref(offsets), weakref.ref(ts_s), key, tiles)
     return tiles
 
 

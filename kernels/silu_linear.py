@@ -39,6 +39,7 @@ from . import _dispatch
 
 _SRC = Path(__file__).resolve().parent / "csrc" / "silu_linear_sm90.cu"
 _DTYPE_CODE = {torch.bfloat16: 0, torch.float16: 1}
+CUTLASS_DTYPES = tuple(_DTYPE_CODE)   # the dtypes the CUTLASS kernel takes
 _lock = threading.Lock()
 _ABI = 2
 # auto takes CUTLASS only from this many rows: at M=256 cuBLAS F.linear + F.silu won (4.7 vs

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from pipeline.hstu import HSTUConfig
 
-__all__ = ["random_jagged", "random_lengths", "make_model_dir", "shared_exported_model_dir"]
+__all__ = ["random_jagged", "random_lengths", "random_encoder", "make_model_dir", "shared_exported_model_dir"]
 
 
 def random_lengths(B: int, max_len: int, seed: int = 0, include_extremes: bool = True) -> list[int]:
@@ -42,6 +42,22 @@ def random_jagged(cfg: HSTUConfig, lengths: Sequence[int], seed: int = 0,
         ts[s:s + n] = start + torch.cumsum(gaps[s:s + n], 0) - gaps[s]
         offsets.append(s + n)
     return item, action, ts, torch.tensor(offsets, dtype=torch.long)
+
+
+def random_encoder(cfg: HSTUConfig, seed: int = 0, device: str = "cpu", bias_std: float = 0.3):
+    """An eval-mode ``HSTUEncoder`` on ``device`` with random weights and non-zero relative-bias
+    tables (std ``bias_std``) and projection bias (std 0.1): the init zeroes them, which would hide
+    a wrong bias in a parity test or a benchmark."""
+    from pipeline.hstu import HSTUEncoder
+
+    torch.manual_seed(seed)
+    enc = HSTUEncoder(cfg).to(device).eval()
+    with torch.no_grad():
+        for layer in enc.layers:
+            layer.pos_w.normal_(0, bias_std)
+            layer.time_w.normal_(0, bias_std)
+            layer.uvqk.bias.normal_(0, 0.1)
+    return enc
 
 
 def make_model_dir(out, *, seed: int = 0, num_items: int = 60, dim: int = 32, num_layers: int = 2,

@@ -43,7 +43,7 @@ def wire_kernels(enc) -> list[str]:
     dtype = next(enc.parameters()).dtype
     if requested_impl("silu_linear", None) == "reference":
         ok, why = False, "STREAMREC_KERNELS(_SILU_LINEAR)=reference"
-    elif dtype not in (torch.bfloat16, torch.float16):
+    elif dtype not in sl.CUTLASS_DTYPES:
         ok, why = False, f"the CUTLASS kernel takes bf16 or fp16; the encoder is {dtype}"
     else:
         ok, why = sl.available()   # loads the library, or builds it (once per machine)

@@ -197,17 +197,11 @@ def test_wired_encoder_gpu(B, S):
     from kernels import silu_linear as sl
     from kernels.testing import rel_err
     from pipeline import hstu as ph
+    from pipeline.encoders.testing import random_encoder
     from pipeline.encoders.torch_backend import wire_kernels
     cfg = ph.HSTUConfig(num_items=1000, dim=256, num_layers=2, num_heads=2, qk_dim=64, v_dim=64, max_seq_len=S,
                         attn_n=S, num_time_buckets=64)
-    torch.manual_seed(B + S)
-    enc = ph.HSTUEncoder(cfg).cuda().eval()
-    with torch.no_grad():
-        for layer in enc.layers:
-            layer.pos_w.normal_(0, 0.3)
-            layer.time_w.normal_(0, 0.3)
-            layer.uvqk.bias.normal_(0, 0.1)
-    enc = enc.to(torch.bfloat16)
+    enc = random_encoder(cfg, seed=B + S, device="cuda").to(torch.bfloat16)
     g = torch.Generator().manual_seed(S)
     lengths = torch.randint(1, S + 1, (B,), generator=g)
     lengths[0] = S

@@ -92,17 +92,12 @@ def test_wired_encoder_matches_torch_and_its_layers_share_one_tile_table(interp)
     """pipeline.encoders.torch_backend.wire_kernels (what the torch backend does on CUDA) gives the
     PyTorch encoder's output; its 2 layers use one tile table per encode, under inference_mode."""
     hstu = pytest.importorskip("pipeline.hstu")
+    from pipeline.encoders.testing import random_encoder
     from pipeline.encoders.torch_backend import wire_kernels
     ha = interp
-    torch.manual_seed(0)
     cfg = hstu.HSTUConfig(num_items=50, dim=32, num_layers=2, num_heads=2, qk_dim=16, v_dim=16, max_seq_len=40,
                           attn_n=40, num_time_buckets=24)
-    enc = hstu.HSTUEncoder(cfg).eval()
-    with torch.no_grad():
-        for layer in enc.layers:
-            layer.pos_w.normal_(0, 0.5)
-            layer.time_w.normal_(0, 0.5)
-            layer.uvqk.bias.normal_(0, 0.1)
+    enc = random_encoder(cfg, seed=0, bias_std=0.5)
     lengths = torch.tensor([7, 1, 33, 20])
     offsets = torch.zeros(5, dtype=torch.int64)
     offsets[1:] = lengths.cumsum(0)
