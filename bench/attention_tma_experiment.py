@@ -34,13 +34,13 @@ def _ld3(desc, row, h, BD: tl.constexpr):
 
 
 @triton.jit
-def _head3(acc, q, Kd, Vd, krow, h, bias, vis, k_ok, inv_n, BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr,
+def _head3(acc, q, Kd, Vd, krow, h, bias, k_ok, inv_n, BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr,
            DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
     kb = _ld3(Kd, krow, h, BLOCK_DQ)
     vb = _ld3(Vd, krow, h, BLOCK_DV)
     if DIAG:   # the tile runs past the sequence: other users' rows, zeroed (a NaN there must not leak)
         vb = tl.where(k_ok[:, None], vb, 0.0)
-    return _silu_v(acc, _dot_qk(q, kb, IEEE), vb, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
+    return _silu_v(acc, _dot_qk(q, kb, IEEE), vb, bias, inv_n, IEEE, FAST_SILU)
 
 
 @triton.jit
@@ -69,18 +69,19 @@ def _tile3(acc0, acc1, acc2, acc3, q0_, q1_, q2_, q3_, Kd, Vd, TS, PosTd, Lut64,
     else:
         bkt = _time_bucket_tl(ts_q[:, None] - ts_k[None, :], Thr, num_tb, log2_scale)
         bias += tl.load(TimeW + bkt).to(tl.float32)
-    vis = qpos[:, None] >= kpos[None, :]
+    if DIAG:   # the causal mask in the bias, as the op's position tiles hold it (here also without them)
+        bias = tl.where(qpos[:, None] >= kpos[None, :], bias, -3.0e38)
     krow = s + j0
-    acc0 = _head3(acc0, q0_, Kd, Vd, krow, h0, bias, vis, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
+    acc0 = _head3(acc0, q0_, Kd, Vd, krow, h0, bias, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
                   IEEE, FAST_SILU)
     if HG > 1:
-        acc1 = _head3(acc1, q1_, Kd, Vd, krow, h0 + 1, bias, vis, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
+        acc1 = _head3(acc1, q1_, Kd, Vd, krow, h0 + 1, bias, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
                       IEEE, FAST_SILU)
     if HG > 2:
-        acc2 = _head3(acc2, q2_, Kd, Vd, krow, h0 + 2, bias, vis, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
+        acc2 = _head3(acc2, q2_, Kd, Vd, krow, h0 + 2, bias, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
                       IEEE, FAST_SILU)
     if HG > 3:
-        acc3 = _head3(acc3, q3_, Kd, Vd, krow, h0 + 3, bias, vis, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
+        acc3 = _head3(acc3, q3_, Kd, Vd, krow, h0 + 3, bias, k_ok, inv_n, BLOCK_DQ, BLOCK_DV, DIAG,
                       IEEE, FAST_SILU)
     return acc0, acc1, acc2, acc3
 

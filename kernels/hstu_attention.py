@@ -321,17 +321,23 @@ def pos_tiles(pos_w: torch.Tensor, max_seq_len: int, block_m: int, block_n: int,
     it with coalesced vector loads instead of a gather per pair.  A tile's bias depends only on
     delta = q0 - j0 (a multiple of BLOCK_N, >= BLOCK_N - BLOCK_M):
 
-        tiles[d, i, j] = pos_w[clamp(delta_d + i - j, 0, max_seq_len - 1)],  delta_d = d * BLOCK_N - (BLOCK_M - BLOCK_N)
+        tiles[d, i, j] = pos_w[min(delta_d + i - j, max_seq_len - 1)],  delta_d = d * BLOCK_N - (BLOCK_M - BLOCK_N)
 
     and from d = n_tiles - 1 on every entry is pos_w[max_seq_len - 1] (the kernel clamps d there),
-    times ``scale`` (0.5 for the kernel's fast SiLU: exact, a power of two).
+    times ``scale`` (0.5 for the kernel's fast SiLU: exact, a power of two).  Entries with
+    delta_d + i - j < 0 (a key after the query) hold -max of ``dtype`` instead, times ``scale``:
+    the causal mask.  The kernel adds it to every score; SiLU of a score that far below zero is
+    exactly 0 (fast SiLU: h tanh(h) + h with tanh(h) = -1; exact: sigmoid(h) = 0), so its key
+    tiles need no mask of their own, the diagonal ones included.  In bf16 and fp32 that holds for
+    any finite score; in fp16 (-65504, halved) for scores q k^T below about 65,000.
     Returns ((n_tiles * BLOCK_M, BLOCK_N) tensor of ``dtype``, n_tiles)."""
     n = -(-(max_seq_len + block_m - 2) // block_n) + 1
     dev = pos_w.device
     d = torch.arange(n, device=dev)[:, None, None] * block_n - (block_m - block_n)
     rel = d + torch.arange(block_m, device=dev)[None, :, None] - torch.arange(block_n, device=dev)[None, None, :]
     w = pos_w.detach().to(dtype) * scale
-    return w[rel.clamp(0, max_seq_len - 1)].reshape(n * block_m, block_n).contiguous(), n
+    t = w[rel.clamp(0, max_seq_len - 1)].masked_fill(rel < 0, -torch.finfo(dtype).max * scale)
+    return t.reshape(n * block_m, block_n).contiguous(), n
 
 
 _TABLES_CACHE: dict = {}
@@ -655,17 +661,13 @@ if _HAVE_TRITON:
             tl.atomic_add(Count + c, 1, mask=take)
 
     @triton.jit
-    def _seq_qk(q, K, V, kr, k_ok, h, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh,
-                QK_DIM: tl.constexpr, V_DIM: tl.constexpr, DIAG: tl.constexpr, IEEE: tl.constexpr):
+    def _seq_qk(q, K, V, kr, h, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh,
+                QK_DIM: tl.constexpr, V_DIM: tl.constexpr, IEEE: tl.constexpr):
         """Head h's scores q k^T for the keys at rows ``kr`` (no bias yet), and its V tile."""
-        kp = K + kr[:, None] * stride_kt + h * stride_kh + dq[None, :]
-        vp = V + kr[:, None] * stride_vt + h * stride_vh + dv[None, :]
-        if DIAG:   # the diagonal tile may run past the sequence: masked loads
-            kb = tl.load(kp, mask=k_ok[:, None] & (dq[None, :] < QK_DIM), other=0.0)          # (BN, DQ)
-            vb = tl.load(vp, mask=k_ok[:, None] & (dv[None, :] < V_DIM), other=0.0)           # (BN, DV)
-        else:
-            kb = tl.load(kp, mask=dq[None, :] < QK_DIM, other=0.0)
-            vb = tl.load(vp, mask=dv[None, :] < V_DIM, other=0.0)
+        kb = tl.load(K + kr[:, None] * stride_kt + h * stride_kh + dq[None, :], mask=dq[None, :] < QK_DIM,
+                     other=0.0)                                                           # (BN, DQ)
+        vb = tl.load(V + kr[:, None] * stride_vt + h * stride_vh + dv[None, :], mask=dv[None, :] < V_DIM,
+                     other=0.0)                                                           # (BN, DV)
         return _dot_qk(q, kb, IEEE), vb
 
     @triton.jit
@@ -675,8 +677,8 @@ if _HAVE_TRITON:
         return tl.dot(q, tl.trans(kb))
 
     @triton.jit
-    def _silu_v(acc, s, vb, bias, vis, inv_n, DIAG: tl.constexpr, IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
-        """acc += (SiLU(s + bias) / n [masked by ``vis`` on a diagonal tile]) @ vb, s = q k^T.
+    def _silu_v(acc, s, vb, bias, inv_n, IEEE: tl.constexpr, FAST_SILU: tl.constexpr):
+        """acc += (SiLU(s + bias) / n) @ vb, s = q k^T; the causal mask is in ``bias`` (pos_tiles).
 
         FAST_SILU: the bias tables come halved (``bias`` = bias / 2, exact: a power of two) and the
         1 / n is left to the store (``_store_heads``'s ``scale``): h = (q k^T + bias) / 2 is one
@@ -689,8 +691,6 @@ if _HAVE_TRITON:
         else:
             s = s + bias
             a = s * tl.sigmoid(s) * inv_n
-        if DIAG:
-            a = tl.where(vis, a, 0.0)
         if IEEE:
             return tl.dot(a, vb, acc, input_precision="ieee")
         return tl.dot(a.to(vb.dtype), vb, acc)
@@ -811,17 +811,17 @@ if _HAVE_TRITON:
     def _seq_tile(acc0, acc1, acc2, acc3, q0, q1, q2, q3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
                   safe, j0, tq0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles,
                   num_tb, inv_n, log2_scale, ts_k, pos_b, HG: tl.constexpr, QK_DIM: tl.constexpr,
-                  V_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DIAG: tl.constexpr,
+                  V_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                   IEEE: tl.constexpr, FAST_SILU: tl.constexpr, LUT_W: tl.constexpr, W_BF16: tl.constexpr,
                   LUT_BASE: tl.constexpr, ASM_GATHER: tl.constexpr, LOW_TS: tl.constexpr):
         """One key tile for the program's HG heads; the relative bias is computed once for all of them.
         ``ts_k`` and ``pos_b`` (its key timestamps and position tile, _tile_bias_loads) were loaded
-        one tile ahead; the next tile's are loaded here first and returned with the accumulators."""
+        one tile ahead; the next tile's are loaded here first and returned with the accumulators.
+        Keys past the sequence end read its last row (finite: this user's own data), and the
+        position tile masks them with every other key after its query."""
         ts_n, pos_n = _tile_bias_loads(TS, PosT, s, L, j0 + BLOCK_N, tq0, tile_offs, n_pos_tiles, BLOCK_M, BLOCK_N,
                                        LOW_TS)
         kpos = j0 + tl.arange(0, BLOCK_N)                    # key positions in the sequence
-        k_ok = kpos < L
-        vis = qpos[:, None] >= kpos[None, :]
         bias = pos_b.to(tl.float32)
         if LUT_W and safe != 0:     # every |dt| of the sequence is < 2^31 (``safe``, from the tile table)
             bias += _folded_time_weight(ts_q, ts_k, Lut, W_BF16, LUT_BASE, ASM_GATHER)
@@ -833,28 +833,28 @@ if _HAVE_TRITON:
                 dt = ts_q[:, None] - ts_k[None, :]
             bkt = _time_bucket_tl(dt, Thr, num_tb, log2_scale)
             bias += tl.load(TimeW + bkt).to(tl.float32)
-        kr = (s + kpos).to(tl.int64)
+        kr = (s + tl.minimum(kpos, L - 1)).to(tl.int64)
         # The heads skewed by one: head h + 1's QK^T is issued before head h's SiLU and PV, so that
         # the SiLU runs while that wgmma does (Triton waits for each QK^T at once; ptxas moves the
         # independent SiLU above the wait: docs/perf.md, run 53).
-        s0, v0 = _seq_qk(q0, K, V, kr, k_ok, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM, V_DIM,
-                         DIAG, IEEE)
+        s0, v0 = _seq_qk(q0, K, V, kr, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM, V_DIM,
+                         IEEE)
         if HG > 1:
-            s1, v1 = _seq_qk(q1, K, V, kr, k_ok, h0 + 1, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM,
-                             V_DIM, DIAG, IEEE)
-        acc0 = _silu_v(acc0, s0, v0, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
+            s1, v1 = _seq_qk(q1, K, V, kr, h0 + 1, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM,
+                             V_DIM, IEEE)
+        acc0 = _silu_v(acc0, s0, v0, bias, inv_n, IEEE, FAST_SILU)
         if HG > 2:
-            s2, v2 = _seq_qk(q2, K, V, kr, k_ok, h0 + 2, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM,
-                             V_DIM, DIAG, IEEE)
+            s2, v2 = _seq_qk(q2, K, V, kr, h0 + 2, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM,
+                             V_DIM, IEEE)
         if HG > 1:
-            acc1 = _silu_v(acc1, s1, v1, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
+            acc1 = _silu_v(acc1, s1, v1, bias, inv_n, IEEE, FAST_SILU)
         if HG > 3:
-            s3, v3 = _seq_qk(q3, K, V, kr, k_ok, h0 + 3, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM,
-                             V_DIM, DIAG, IEEE)
+            s3, v3 = _seq_qk(q3, K, V, kr, h0 + 3, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, QK_DIM,
+                             V_DIM, IEEE)
         if HG > 2:
-            acc2 = _silu_v(acc2, s2, v2, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
+            acc2 = _silu_v(acc2, s2, v2, bias, inv_n, IEEE, FAST_SILU)
         if HG > 3:
-            acc3 = _silu_v(acc3, s3, v3, bias, vis, inv_n, DIAG, IEEE, FAST_SILU)
+            acc3 = _silu_v(acc3, s3, v3, bias, inv_n, IEEE, FAST_SILU)
         return acc0, acc1, acc2, acc3, ts_n, pos_n
 
     @triton.jit
@@ -882,8 +882,9 @@ if _HAVE_TRITON:
         # first tile: _seq_tiles aligns the tiles to the sequence end) x HG heads
         # (head group program_id(1)); its start, length (0: no tile, the grid is a host-known
         # upper bound), q0 and int32-safety come from the tile table (_seq_tiles).  Keys run
-        # from 0 to min(q0 + BLOCK_M, L): the tiles left of the diagonal are full (no mask, no
-        # bounds check), only the BLOCK_M / BLOCK_N diagonal ones are causal-masked.  The
+        # from 0 to min(q0 + BLOCK_M, L) in one loop: the causal mask of the BLOCK_M / BLOCK_N
+        # diagonal tiles comes with their position tiles (pos_tiles), so no tile is masked
+        # apart, and the loop's loads are pipelined across all its tiles (docs/perf.md, run 64).  The
         # relative bias of a tile is computed once and shared by the group's heads: its position
         # part is a precomputed tile (PosT, pos_tiles), its time part one gather from the folded
         # LUT (16-bit inputs, sequences spanning < 2^31 s) or the log path (_time_bucket_tl).
@@ -893,9 +894,11 @@ if _HAVE_TRITON:
         pid = tl.program_id(0)
         h0 = tl.program_id(1) * HG
         s, L, q0, safe = _tile_entry(Tiles, pid, n_grid)
+        # keys [jb, je): all, or half of a split tile; loaded with the entry, before the branch (a
+        # spare column reads zeros): one dependent round trip less before the first loads
+        jb, je, unit = _tile_keys(Tiles, pid, n_grid)
         if L == 0:      # a spare column of the table (the grid is an upper bound): nothing to do
             return
-        jb, je, unit = _tile_keys(Tiles, pid, n_grid)   # keys [jb, je): all, or half of a split tile
         qpos = q0 + tl.arange(0, BLOCK_M)                 # q0 < 0 on a sequence's first tile
         q_ok = (qpos >= 0) & (qpos < L)
         qrow = s + tl.minimum(tl.maximum(qpos, 0), L - 1)
@@ -918,21 +921,14 @@ if _HAVE_TRITON:
         acc2 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         acc3 = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         tile_offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        q_end = tl.maximum(q0, 0)
         # each key tile's timestamps and position bias are loaded one tile ahead (their latency
         # hides under the previous tile's work: 1-4 % in run 15)
         ts_k, pos_b = _tile_bias_loads(TS, PosT, s, L, jb, q0, tile_offs, n_pos_tiles, BLOCK_M, BLOCK_N, LOW_TS)
-        for j0 in range(jb, tl.minimum(q_end, je), BLOCK_N):      # full tiles left of the diagonal
+        for j0 in range(jb, je, BLOCK_N):   # one loop, one software pipeline: no tile needs a mask of its own
             acc0, acc1, acc2, acc3, ts_k, pos_b = _seq_tile(
                 acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
                 safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
-                inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, False, IEEE, FAST_SILU, LUT_W,
-                W_BF16, LUT_BASE, ASM_GATHER, LOW_TS)
-        for j0 in range(tl.maximum(q_end, jb), je, BLOCK_N):      # the diagonal tiles
-            acc0, acc1, acc2, acc3, ts_k, pos_b = _seq_tile(
-                acc0, acc1, acc2, acc3, q_0, q_1, q_2, q_3, K, V, TS, PosT, TimeW, Thr, Lut, s, L, qpos, ts_q,
-                safe, j0, q0, tile_offs, h0, dq, dv, stride_kt, stride_kh, stride_vt, stride_vh, n_pos_tiles, num_tb,
-                inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, True, IEEE, FAST_SILU, LUT_W,
+                inv_n, log2_scale, ts_k, pos_b, HG, QK_DIM, V_DIM, BLOCK_M, BLOCK_N, IEEE, FAST_SILU, LUT_W,
                 W_BF16, LUT_BASE, ASM_GATHER, LOW_TS)
         out_scale = inv_n if FAST_SILU else 1.0          # _silu_v: FAST_SILU leaves 1 / n to the store
         if unit < 0:
@@ -1180,7 +1176,7 @@ def hstu_attention_triton(q, k, v, offsets, ts_s, pos_w, time_w, attn_n: int,
     * Every row a query (``q_offsets`` None; ``kernel="auto"``): ``_hstu_attn_seq_fwd``, one
       program per BLOCK_M-row query tile of ONE sequence x ``heads`` heads (the bias is
       computed once per key tile for them), tiles listed longest first by a tiny on-device
-      table (:func:`_seq_tiles`); only the diagonal key tiles are masked.  The position bias
+      table (:func:`_seq_tiles`); the causal mask is in the position bias.  The position bias
       comes from precomputed tiles (:func:`pos_tiles`, coalesced loads); with 16-bit inputs
       the time weight from one gather in a LUT with the weights folded in (:func:`folded_lut`)
       when the sequence spans < 2^31 s; both tables are kept per ``pos_w`` / ``time_w`` tensor
