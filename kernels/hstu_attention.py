@@ -329,7 +329,7 @@ def pos_tiles(pos_w: torch.Tensor, max_seq_len: int, block_m: int, block_n: int,
     the causal mask.  The kernel adds it to every score; SiLU of a score that far below zero is
     exactly 0 (fast SiLU: h tanh(h) + h with tanh(h) = -1; exact: sigmoid(h) = 0), so its key
     tiles need no mask of their own, the diagonal ones included.  In bf16 and fp32 that holds for
-    any finite score; in fp16 (-65504, halved) for scores q k^T below about 65,000.
+    any score far below 1e38 in magnitude; in fp16 (-65504, halved) for q k^T below about 65,000.
     Returns ((n_tiles * BLOCK_M, BLOCK_N) tensor of ``dtype``, n_tiles)."""
     n = -(-(max_seq_len + block_m - 2) // block_n) + 1
     dev = pos_w.device

@@ -35,6 +35,18 @@ def test_triton_matches_reference(interp, B, max_len, H, qk, vd, dtype, tol):
     assert kt.rel_err(out, _ref64(a, ha)) < tol
 
 
+@pytest.mark.parametrize("dtype,scale,tol", [(torch.float32, 40.0, 1e-5), (torch.float16, 8.0, 1e-2)])
+def test_causal_mask_holds_for_large_scores(interp, dtype, scale, tol):
+    """The causal mask lives in the position tiles (pos_tiles): a key after its query gets the
+    dtype's most negative bias, so SiLU of its score is exactly 0 however large q k^T is (here up
+    to ~1e4 in fp32, ~4e2 in fp16); a weaker mask value would let the future leak in."""
+    ha = interp
+    a = kt.random_jagged_attention_inputs(5, 70, 2, 16, 16, dtype=dtype, seed=int(scale), scale=scale)
+    ref = _ref64(a, ha)
+    assert ref.abs().max() > 100         # the scores are large: the test would see a leak
+    assert kt.rel_err(ha.hstu_attention_triton(**a), ref) < tol
+
+
 def test_block_sizes_and_short_pos_table(interp):
     ha = interp
     # sequences longer than both the block and the position table (clamped index), lengths 1..N
