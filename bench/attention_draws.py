@@ -49,8 +49,9 @@ def main() -> None:
             raise SystemExit(f"B={B} N={N}: the lengths drawn here are not the benchmark's (see draw_key_tiles)")
         tiles = sorted(draw_key_tiles(B, N, s, cfg) for s in range(args.draws))
         median = tiles[len(tiles) // 2]
-        # the line's time at each draw (where the run's draws differ by less than their noise the slope
-        # can come out <= 0: the line is then flat within noise, and so is this estimate)
+        # each draw's ratio by the line's time at its key tiles (where the run's draws differ by less
+        # than their noise the slope can come out <= 0: the line is then flat within noise, and so
+        # is this estimate)
         ratio = [pad / (icpt + slope * t) for t in tiles]
         row = {"card": run["card"], "B": B, "N": N, "target": r["target"], "draws": args.draws,
                "headline_seed": B + N, "headline_key_tiles": r["key_tiles"],
@@ -58,7 +59,7 @@ def main() -> None:
                "median_key_tiles": median, "p5_key_tiles": tiles[len(tiles) // 20],
                "p95_key_tiles": tiles[-len(tiles) // 20], "fit_ns_per_key_tile": round(slope * 1e6, 2),
                "fit_intercept_us": round(icpt * 1e3, 2), "padded_us": round(pad * 1e3, 1),
-               "est_ratio_at_median": round(pad / (icpt + slope * median), 1),
+               "est_ratio_at_median": round(ratio[len(tiles) // 2], 1),
                "share_meeting_target": round(sum(x >= r["target"] for x in ratio) / len(tiles), 3)}
         print(json.dumps(row))
         out.append(row)
